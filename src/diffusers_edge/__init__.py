@@ -1,0 +1,39 @@
+"""diffusers-edge: multimodal dataset distillation with generative models (EDGE, arXiv 2509.15472).
+
+Public names are imported lazily so that `import diffusers_edge` stays cheap: heavy libraries (diffusers,
+transformers, datasets) load only when a name that needs them is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0.dev0"
+
+# public name -> submodule that defines it
+_LAZY_NAMES: dict[str, str] = {
+    "NORMALIZED_FEATURES": "diffusers_edge.data.format",
+    "validate_normalized": "diffusers_edge.data.format",
+    "build_clip_tokenizer": "diffusers_edge.tokenization",
+    "build_bert_tokenizer": "diffusers_edge.tokenization",
+}
+
+__all__ = ["__version__", *_LAZY_NAMES]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_NAMES:
+        raise AttributeError(f"module 'diffusers_edge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from .data.format import NORMALIZED_FEATURES, validate_normalized
+    from .tokenization import build_bert_tokenizer, build_clip_tokenizer

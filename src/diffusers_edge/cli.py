@@ -1,0 +1,38 @@
+"""The `diffusers-edge` console command.
+
+Each subcommand lives in its own module under `diffusers_edge.commands` and exposes `main(argv)`; this file only
+dispatches, importing the subcommand lazily so that `diffusers-edge --help` stays fast.
+
+Example:
+    $ diffusers-edge shapes --output_dir shapes-preview
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "shapes": ("diffusers_edge.commands.shapes", "build the embedded captioned-shapes dataset, print statistics"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(
+        prog="diffusers-edge",
+        description="EDGE multimodal dataset distillation. Run `diffusers-edge COMMAND --help` for a command's flags.",
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv[:1])
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

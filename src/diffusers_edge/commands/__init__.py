@@ -1,0 +1,1 @@
+"""One module per `diffusers-edge` subcommand, each exposing `main(argv: list[str] | None) -> int`."""

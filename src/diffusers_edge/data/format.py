@@ -1,0 +1,74 @@
+"""The one normalized form for image-text data that every part of diffusers-edge reads and writes.
+
+A normalized dataset is a `datasets.Dataset` with three columns:
+
+| column     | feature                       | meaning                                        |
+|------------|-------------------------------|------------------------------------------------|
+| `image`    | `datasets.Image()`            | the picture (decoded to `PIL.Image` on access) |
+| `captions` | `datasets.List(Value("string"))` | 1..n non-empty captions of that picture      |
+| `image_id` | `Value("string")`             | an id unique within the dataset                |
+
+Other columns may ride along (a distilled set adds `prompt`, `seed`, `source_image_id`); readers ignore them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import datasets
+
+IMAGE_COLUMN = "image"
+CAPTIONS_COLUMN = "captions"
+IMAGE_ID_COLUMN = "image_id"
+
+NORMALIZED_FEATURES = datasets.Features(
+    {
+        IMAGE_COLUMN: datasets.Image(),
+        CAPTIONS_COLUMN: datasets.List(datasets.Value("string")),
+        IMAGE_ID_COLUMN: datasets.Value("string"),
+    }
+)
+
+
+def check_captions(captions: Iterable[str] | None, record: str) -> list[str]:
+    """Returns `captions` as a list, raising `ValueError` naming `record` if it is empty or holds an empty caption.
+
+    Example:
+        >>> check_captions(["a red circle"], record="image_id=7")
+        ['a red circle']
+    """
+    captions = list(captions or [])
+    if not captions:
+        raise ValueError(f"{record} has no captions; every image needs at least one caption.")
+    for i, caption in enumerate(captions):
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"{record} has an empty caption at position {i}: {caption!r}.")
+    return captions
+
+
+def validate_normalized(dataset: datasets.Dataset, name: str = "dataset") -> datasets.Dataset:
+    """Checks that `dataset` is in the normalized form and returns it.
+
+    Raises `ValueError` naming the problem: a missing column, an image with no (or an empty) caption, or an
+    `image_id` that appears twice. Images are not decoded here (that is the reader's job).
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict(
+        ...     {"image": [None], "captions": [["a red circle"]], "image_id": ["0"]}
+        ... )
+        >>> validate_normalized(ds, name="toy") is ds
+        True
+    """
+    missing = [c for c in (IMAGE_COLUMN, CAPTIONS_COLUMN, IMAGE_ID_COLUMN) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"{name} is missing column(s) {missing}; the normalized form needs "
+            f"{[IMAGE_COLUMN, CAPTIONS_COLUMN, IMAGE_ID_COLUMN]} (found {dataset.column_names})."
+        )
+    seen: dict[str, int] = {}
+    for row, (image_id, captions) in enumerate(zip(dataset[IMAGE_ID_COLUMN], dataset[CAPTIONS_COLUMN])):
+        check_captions(captions, record=f"{name} row {row} (image_id={image_id!r})")
+        if image_id in seen:
+            raise ValueError(f"{name}: image_id {image_id!r} appears twice (rows {seen[image_id]} and {row}).")
+        seen[image_id] = row
+    return dataset
