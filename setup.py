@@ -4,6 +4,8 @@ Lower bounds are the versions the test suite was run against (see CONTRIBUTING.m
 because no known break exists yet.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
@@ -35,13 +37,13 @@ setup(
     name="diffusers-edge",
     version="0.1.0.dev0",
     description="EDGE multimodal dataset distillation with diffusion models, native to the Hugging Face stack",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
-    package_data={"diffusers_edge": ["metrics/image_text_recall/*.py", "metrics/image_text_recall/*.md", "assets/**/*"]},
+    package_data={"diffusers_edge": ["metrics/image_text_recall/*", "assets/**/*"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="diffusers-edge",
         description="EDGE multimodal dataset distillation. Run `diffusers-edge COMMAND --help` for a command's flags.",
     )
-    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    summary = "; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items())
+    parser.add_argument("command", choices=sorted(COMMANDS), help=summary)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0

@@ -1,0 +1,204 @@
+"""Tiny, randomly initialised stand-ins for the real models, built and saved offline.
+
+Tests, benchmarks and docs examples call these to get a folder that the real loading code reads: a Stable
+Diffusion folder (`StableDiffusionPipeline.save_pretrained` layout), a CLIP folder (`CLIPModel` + `CLIPProcessor`)
+and a BERT folder (`BertModel` + tokenizer). Loading them back goes through the same `from_pretrained` calls that
+load `stable-diffusion-v1-5/stable-diffusion-v1-5`, `openai/clip-vit-base-patch32` and `bert-base-uncased` from
+the Hub, so the tests exercise the users' code path without the network.
+
+The sizes follow diffusers' own test components (REFERENCE.md section 4): a two-block UNet with cross-attention, a
+two-block VAE (downsampling factor 2), and two-layer text towers.
+
+Example:
+    >>> import tempfile
+    >>> from diffusers import StableDiffusionPipeline
+    >>> folder = save_tiny_stable_diffusion(tempfile.mkdtemp())
+    >>> pipe = StableDiffusionPipeline.from_pretrained(folder)
+    >>> pipe.unet.config.cross_attention_dim
+    32
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from transformers import (
+    BertConfig,
+    BertModel,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+)
+
+from .tokenization import build_bert_tokenizer, build_clip_tokenizer
+
+TINY_HIDDEN_SIZE = 32
+
+
+def _default_words() -> list[str]:
+    from .data.shapes import caption_vocabulary
+
+    return caption_vocabulary()
+
+
+def _clip_text_config(tokenizer, hidden_size: int = TINY_HIDDEN_SIZE) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=hidden_size,
+    )
+
+
+def save_tiny_stable_diffusion(
+    save_directory: str | Path,
+    *,
+    words: Iterable[str] | None = None,
+    sample_size: int = 16,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+) -> Path:
+    """Saves a tiny random Stable Diffusion folder (UNet, VAE, CLIP text encoder, tokenizer, DDIM scheduler).
+
+    Args:
+        save_directory: where `StableDiffusionPipeline.save_pretrained` writes the folder.
+        words: the tokenizer's whole-word vocabulary; defaults to every captioned-shapes caption word.
+        sample_size: latent side; the VAE downsamples by 2, so images are `2 * sample_size` pixels.
+        prediction_type: the scheduler's `prediction_type` (`"epsilon"` or `"v_prediction"`).
+        seed: seeds the random weights.
+
+    Returns:
+        The folder, ready for `StableDiffusionPipeline.from_pretrained` (or `EDGEPipeline.from_pretrained`).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = build_clip_tokenizer(_default_words() if words is None else words)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TINY_HIDDEN_SIZE,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[16, 32],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=2 * sample_size,
+    )
+    text_encoder = CLIPTextModel(_clip_text_config(tokenizer))
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(save_directory)
+    return Path(save_directory)
+
+
+def save_tiny_clip(
+    save_directory: str | Path,
+    *,
+    words: Iterable[str] | None = None,
+    image_size: int = 32,
+    projection_dim: int = 16,
+    seed: int = 0,
+) -> Path:
+    """Saves a tiny random `CLIPModel` with its `CLIPProcessor` (image processor + tokenizer) to a folder.
+
+    It plays `openai/clip-vit-base-patch32`: `CLIPModel.from_pretrained(folder)` and
+    `CLIPProcessor.from_pretrained(folder)` load it back.
+
+    Args:
+        save_directory: the folder to write.
+        words: the tokenizer's whole-word vocabulary; defaults to every captioned-shapes caption word.
+        image_size: the vision tower's input side (the processor resizes and crops to it).
+        projection_dim: the shared embedding size of `get_image_features` / `get_text_features`.
+        seed: seeds the random weights.
+    """
+    tokenizer = build_clip_tokenizer(_default_words() if words is None else words)
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=_clip_text_config(tokenizer).to_dict(),
+        vision_config={
+            "image_size": image_size,
+            "patch_size": 8,
+            "hidden_size": TINY_HIDDEN_SIZE,
+            "intermediate_size": 2 * TINY_HIDDEN_SIZE,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        },
+        projection_dim=projection_dim,
+    )
+    model = CLIPModel(config)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(save_directory)
+    model.save_pretrained(save_directory)
+    return Path(save_directory)
+
+
+def save_tiny_bert(
+    save_directory: str | Path,
+    *,
+    words: Iterable[str] | None = None,
+    hidden_size: int = TINY_HIDDEN_SIZE,
+    seed: int = 0,
+) -> Path:
+    """Saves a tiny random `BertModel` and its WordPiece tokenizer to a folder (plays `bert-base-uncased`).
+
+    Args:
+        save_directory: the folder to write.
+        words: the tokenizer's whole-word vocabulary; defaults to every captioned-shapes caption word.
+        hidden_size: the CLS feature size (768 for `bert-base-uncased`).
+        seed: seeds the random weights.
+    """
+    tokenizer = build_bert_tokenizer(_default_words() if words is None else words)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    BertModel(config).save_pretrained(save_directory)
+    tokenizer.save_pretrained(save_directory)
+    return Path(save_directory)
