@@ -55,8 +55,7 @@ def pixels_of(dataset: datasets.Dataset, row: int) -> np.ndarray:
     [
         ("A dog (brown) runs!  Fast.", 30, "a dog brown runs fast"),
         # commas, apostrophes, hyphens and slashes are kept by BLIP's rule
-        ("Two men, one in a T-shirt/jeans, aren't "
-         "smiling.", 30, "two men, one in a t-shirt/jeans, aren't smiling"),
+        ("Two men, one in a T-shirt/jeans, aren't smiling.", 30, "two men, one in a t-shirt/jeans, aren't smiling"),
         ('He said: "hi"; then~left*#', 30, "he said hi then left"),
         ("A girl\tis\n\nrunning.\n", 30, "a girl\tis running"),
         ("one two three four five six", 4, "one two three four"),
@@ -90,7 +89,7 @@ def test_karpathy_train_groups_records_by_image_in_first_seen_order(flickr_root,
         {"image": "flickr30k-images/a.png", "caption": "A one", "image_id": 0},
         {"image": "flickr30k-images/b.png", "caption": "B two", "image_id": 1},
         {"image": "flickr30k-images/c.png", "caption": "C one", "image_id": 2},
-        {"image": "flickr30k-images/a.png", "caption": "A two", "image_id": 0},
+        {"image": "./flickr30k-images/../flickr30k-images/a.png", "caption": "A two", "image_id": 0},  # same file
     ]
     train = load_karpathy_json(write_json(tmp_path / "flickr30k_train.json", records), root)
 
@@ -124,8 +123,12 @@ def test_karpathy_original_dataset_json_filters_splits(flickr_root, tmp_path):
         "dataset": "flickr30k",
         "images": [
             {"filename": "a.png", "filepath": "flickr30k-images", "split": "train", "sentences": [{"raw": "x."}]},
-            {"filename": "b.png", "filepath": "flickr30k-images", "split": "test",
-             "sentences": [{"raw": "First one."}, {"raw": "Second."}]},
+            {
+                "filename": "b.png",
+                "filepath": "flickr30k-images",
+                "split": "test",
+                "sentences": [{"raw": "First one."}, {"raw": "Second."}],
+            },
             {"filename": "c.png", "filepath": "flickr30k-images", "split": "restval", "sentences": [{"raw": "y"}]},
         ],
     }
@@ -246,11 +249,17 @@ def test_imagefolder_round_trip(tmp_path):
     [
         ([{"file_name": "cat.png"}], ValueError, r"jsonl line 1 has no \['caption'\].*it has \['file_name'\]"),
         (['{"file_name": "cat.png", '], ValueError, r"metadata\.jsonl line 1 is not valid JSON"),
-        ([{"file_name": "cat.png", "caption": "c"}, {"file_name": "gone.png", "caption": "g"}], FileNotFoundError,
-         r"line 2 \(file_name 'gone\.png'\).*gone\.png' does not exist"),
+        (
+            [{"file_name": "cat.png", "caption": "c"}, {"file_name": "gone.png", "caption": "g"}],
+            FileNotFoundError,
+            r"line 2 \(file_name 'gone\.png'\).*gone\.png' does not exist",
+        ),
         ([{"file_name": "cat.png", "caption": []}], ValueError, r"line 1 \(file_name 'cat\.png'\) has no captions"),
-        ([{"file_name": "cat.png", "caption": "c"}, {"file_name": "pets/cat.png", "caption": "c2"}], ValueError,
-         r"line 2 .*image_id 'cat' already belongs to .*cat\.png' \(.*line 1 \(file_name 'cat\.png'\)\)"),
+        (
+            [{"file_name": "cat.png", "caption": "c"}, {"file_name": "pets/cat.png", "caption": "c2"}],
+            ValueError,
+            r"line 2 .*image_id 'cat' already belongs to .*cat\.png' \(.*line 1 \(file_name 'cat\.png'\)\)",
+        ),
         ([{"file_name": "bad.png", "caption": "c"}], ValueError, r"line 1 \(file_name 'bad\.png'\).*cannot be read"),
     ],
 )
@@ -303,7 +312,11 @@ def test_hub_flickr_layout_from_a_local_parquet_name(tmp_path):
     source.to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
 
     test = load_hub_source(
-        str(folder), split="test", image_id_column="img_id", split_column="split", split_value="test",
+        str(folder),
+        split="test",
+        image_id_column="img_id",
+        split_column="split",
+        split_value="test",
         cache_dir=str(tmp_path / "cache"),
     )
     assert test.features == NORMALIZED_FEATURES
@@ -342,8 +355,11 @@ def test_hub_dataset_dict_needs_a_split_when_it_has_several():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"caption_column": "captions"}, r"no column 'captions' \(caption_column='captions'\); its columns are "
-                                         r"\['image', 'caption', 'sentids', 'split', 'img_id', 'filename'\]"),
+        (
+            {"caption_column": "captions"},
+            r"no column 'captions' \(caption_column='captions'\); its columns are "
+            r"\['image', 'caption', 'sentids', 'split', 'img_id', 'filename'\]",
+        ),
         ({"image_column": "jpg"}, r"no column 'jpg' \(image_column='jpg'\)"),
         ({"split_column": "fold", "split_value": "a"}, r"no column 'fold' \(split_column='fold'\)"),
         ({"split_column": "split", "split_value": "dev"}, r"no row has split in \['dev'\].*\['test', 'train', 'val'"),
