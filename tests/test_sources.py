@@ -454,6 +454,10 @@ def test_load_source_passes_a_normalized_dataset_through(tmp_path):
     assert cleaned.features == NORMALIZED_FEATURES
     assert cleaned["captions"][0][0] == "image 0, caption 0"
     assert cleaned["image_id"] == ["1000.jpg", "1001.jpg", "1002.jpg"]
+    renamed = load_source(normalized, image_id_column="seed")  # a column argument asks for a conversion
+    assert renamed.column_names == ["image", "captions", "image_id"]
+    assert list(renamed["image_id"]) == ["1", "2", "3"]
+    assert list(renamed["captions"]) == list(normalized["captions"])
     twice = normalized.map(lambda row: {"image_id": "same"})
     with pytest.raises(ValueError, match="appears twice"):
         load_source(twice)

@@ -517,8 +517,9 @@ def load_source(
     dataset = _resolve_dataset(spec, split, hub_kwargs.pop("config_name", None), **_load_kwargs(hub_kwargs))
     if _is_normalized(dataset) and not hub_kwargs and not preprocess:
         return validate_normalized(dataset, name=str(spec) if isinstance(spec, (str, os.PathLike)) else "dataset")
-    if _is_normalized(dataset) and "caption_column" not in hub_kwargs:
-        hub_kwargs.update(caption_column=CAPTIONS_COLUMN, image_id_column=IMAGE_ID_COLUMN)
+    if _is_normalized(dataset):
+        hub_kwargs.setdefault("caption_column", CAPTIONS_COLUMN)
+        hub_kwargs.setdefault("image_id_column", IMAGE_ID_COLUMN)
     return load_hub_source(dataset, preprocess=preprocess, max_words=max_words, **hub_kwargs)
 
 
