@@ -15,6 +15,11 @@ __version__ = "0.1.0.dev0"
 _LAZY_NAMES: dict[str, str] = {
     "NORMALIZED_FEATURES": "diffusers_edge.data.format",
     "validate_normalized": "diffusers_edge.data.format",
+    "load_source": "diffusers_edge.data.sources",
+    "load_karpathy_json": "diffusers_edge.data.sources",
+    "load_hub_source": "diffusers_edge.data.sources",
+    "load_imagefolder_source": "diffusers_edge.data.sources",
+    "pre_caption": "diffusers_edge.data.sources",
     "build_clip_tokenizer": "diffusers_edge.tokenization",
     "build_bert_tokenizer": "diffusers_edge.tokenization",
 }
@@ -36,4 +41,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .data.format import NORMALIZED_FEATURES, validate_normalized
+    from .data.sources import (
+        load_hub_source,
+        load_imagefolder_source,
+        load_karpathy_json,
+        load_source,
+        pre_caption,
+    )
     from .tokenization import build_bert_tokenizer, build_clip_tokenizer
