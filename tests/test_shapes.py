@@ -131,7 +131,7 @@ def test_caption_vocabulary_is_exactly_the_words_captions_use():
     rng = np.random.default_rng(0)
     used = {name: set() for name in S.CONFIG_NUM_OBJECTS}
     for name, n in S.CONFIG_NUM_OBJECTS.items():
-        for _ in range(1500):
+        for _ in range(600):
             objects, relation = S.sample_scene(n, rng)
             used[name] |= {w for c in S.caption_shapes(objects, relation, rng=rng) for w in c.split()}
     assert sorted(used["one_object"]) == S.caption_vocabulary("one_object")
@@ -278,5 +278,6 @@ def test_command_writes_preview_and_statistics(tmp_path, capsys):
     assert stats["seed"] == 2 and stats["possible_combinations"] == 432
     assert stats["train_subset_size"] == 100 and stats["train_subset_combinations"] < 100
     assert len(stats["examples"]) == 3 and len(stats["examples"][0]["captions"]) == 5
-    assert "a random 100-image subset of train covers" in printed and stats["examples"][0]["captions"][0] in printed
+    assert "a random 100-image subset of train covers" in printed
+    assert all(caption in printed for caption in stats["examples"][2]["captions"])
     assert np.asarray(preview).std() > 20  # images and text were drawn, not a blank canvas

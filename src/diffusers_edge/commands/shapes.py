@@ -123,6 +123,7 @@ def _report(stats: dict[str, Any], output_dir: Path) -> str:
         lines.append(f"  text-to-image R@1 ceiling on test (attribute ties): {stats['t2i_r1_ceiling_test']:.1f}%")
     lines.append(f"  caption vocabulary: {stats['vocabulary_size']} words ({stats['words_used']} used)")
     for example in stats["examples"]:
-        lines.append(f"  {example['image_id']}: {example['captions'][0]!r}")
+        lines.append(f"  {example['image_id']}:")
+        lines.extend(f"    {caption}" for caption in example["captions"])
     lines.append(f"wrote {output_dir / 'preview.png'} and {output_dir / 'statistics.json'}")
     return "\n".join(lines)
