@@ -56,7 +56,7 @@ def preview_grid(dataset: datasets.Dataset, num_images: int = PREVIEW_IMAGES, co
     Example:
         >>> from diffusers_edge.data.shapes import load_captioned_shapes
         >>> preview_grid(load_captioned_shapes(num_train=4, num_val=0, num_test=0)["train"], 4, columns=2).size
-        (340, 382)
+        (340, 362)
     """
     num_images = min(num_images, dataset.num_rows)
     rows = -(-num_images // columns)
