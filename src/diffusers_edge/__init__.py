@@ -20,6 +20,14 @@ _LAZY_NAMES: dict[str, str] = {
     "load_hub_source": "diffusers_edge.data.sources",
     "load_imagefolder_source": "diffusers_edge.data.sources",
     "pre_caption": "diffusers_edge.data.sources",
+    "CaptionedShapes": "diffusers_edge.data.shapes",
+    "CaptionedShapesConfig": "diffusers_edge.data.shapes",
+    "load_captioned_shapes": "diffusers_edge.data.shapes",
+    "render_shapes": "diffusers_edge.data.shapes",
+    "caption_shapes": "diffusers_edge.data.shapes",
+    "caption_vocabulary": "diffusers_edge.data.shapes",
+    "parse_caption": "diffusers_edge.data.shapes",
+    "ShapeObject": "diffusers_edge.data.shapes",
     "build_clip_tokenizer": "diffusers_edge.tokenization",
     "build_bert_tokenizer": "diffusers_edge.tokenization",
 }
@@ -41,6 +49,16 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .data.format import NORMALIZED_FEATURES, validate_normalized
+    from .data.shapes import (
+        CaptionedShapes,
+        CaptionedShapesConfig,
+        ShapeObject,
+        caption_shapes,
+        caption_vocabulary,
+        load_captioned_shapes,
+        parse_caption,
+        render_shapes,
+    )
     from .data.sources import (
         load_hub_source,
         load_imagefolder_source,
