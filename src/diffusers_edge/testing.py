@@ -202,3 +202,197 @@ def save_tiny_bert(
     BertModel(config).save_pretrained(save_directory)
     tokenizer.save_pretrained(save_directory)
     return Path(save_directory)
+
+
+# Caption synthesis stand-ins (captioning.py): an image captioner, a paraphrasing causal LM and a LLaVA-style VLM.
+
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ message['role'] }}: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+"""A minimal chat template (string or typed-part contents, `<image>` for images) for the tiny text generators."""
+
+
+def _tiny_generator_tokenizer(words: Iterable[str] | None, image_token: str | None = None):
+    """A WordPiece tokenizer with [CLS] as BOS and [SEP] as EOS, the chat template, and optionally an image token."""
+    tokenizer = build_bert_tokenizer(_default_words() if words is None else words, model_max_length=256)
+    tokenizer.bos_token, tokenizer.eos_token = tokenizer.cls_token, tokenizer.sep_token
+    if image_token is not None:
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _tiny_llama_config(tokenizer, vocab_size: int | None = None):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=TINY_HIDDEN_SIZE,
+        intermediate_size=2 * TINY_HIDDEN_SIZE,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def save_tiny_captioner(
+    save_directory: str | Path, words: Iterable[str] | None = None, seed: int = 0, image_size: int = 32
+) -> Path:
+    """Saves a tiny random image captioner: a `VisionEncoderDecoderModel` (ViT encoder, BERT decoder with
+    cross-attention), its `ViTImageProcessor` and a WordPiece tokenizer, in the layout of
+    `nlpconnect/vit-gpt2-image-captioning` (no processor_config.json).
+
+    `generate(pixel_values=...)` works: the decoder starts from [CLS], stops at [SEP] and pads with [PAD].
+    `diffusers_edge.captioning.Captioner.from_pretrained(folder)` loads it in "image-to-text" mode.
+
+    Args:
+        save_directory: the folder to write.
+        words: the tokenizer's whole-word vocabulary; defaults to every captioned-shapes caption word.
+        seed: seeds the random weights.
+        image_size: the ViT input side (the processor resizes to it).
+
+    Example:
+        >>> import tempfile
+        >>> from transformers import VisionEncoderDecoderModel
+        >>> folder = save_tiny_captioner(tempfile.mkdtemp(), words=["a", "red", "circle"])
+        >>> VisionEncoderDecoderModel.from_pretrained(folder).config.decoder.add_cross_attention
+        True
+    """
+    from transformers import (
+        BertConfig,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
+
+    tokenizer = build_bert_tokenizer(_default_words() if words is None else words)
+    encoder = ViTConfig(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=TINY_HIDDEN_SIZE,
+        intermediate_size=2 * TINY_HIDDEN_SIZE,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+    )
+    decoder = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TINY_HIDDEN_SIZE,
+        intermediate_size=2 * TINY_HIDDEN_SIZE,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        is_decoder=True,
+        add_cross_attention=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    special = {
+        "decoder_start_token_id": tokenizer.cls_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+    }
+    for name, value in special.items():
+        setattr(config, name, value)
+    torch.manual_seed(seed)
+    model = VisionEncoderDecoderModel(config)
+    for name, value in special.items():
+        setattr(model.generation_config, name, value)
+    model.save_pretrained(save_directory)
+    tokenizer.save_pretrained(save_directory)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(save_directory)
+    return Path(save_directory)
+
+
+def save_tiny_causal_lm(save_directory: str | Path, words: Iterable[str] | None = None, seed: int = 0) -> Path:
+    """Saves a tiny random `LlamaForCausalLM` with a WordPiece tokenizer and a chat template (plays the Llama
+    paraphraser EDGE compared). `Captioner.from_pretrained(folder)` loads it in "paraphrase" mode.
+
+    Args:
+        save_directory: the folder to write.
+        words: the tokenizer's whole-word vocabulary; defaults to every captioned-shapes caption word.
+        seed: seeds the random weights.
+
+    Example:
+        >>> import tempfile
+        >>> from transformers import AutoTokenizer
+        >>> folder = save_tiny_causal_lm(tempfile.mkdtemp(), words=["a", "red", "circle"])
+        >>> AutoTokenizer.from_pretrained(folder).eos_token
+        '[SEP]'
+    """
+    from transformers import LlamaForCausalLM
+
+    tokenizer = _tiny_generator_tokenizer(words)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(_tiny_llama_config(tokenizer))
+    model.save_pretrained(save_directory)
+    tokenizer.save_pretrained(save_directory)
+    return Path(save_directory)
+
+
+def save_tiny_vlm(
+    save_directory: str | Path, words: Iterable[str] | None = None, seed: int = 0, image_size: int = 32
+) -> Path:
+    """Saves a tiny random LLaVA (`LlavaForConditionalGeneration`: CLIP vision tower, projector, Llama) with a
+    `LlavaProcessor` that has a chat template (plays `llava-hf/llava-1.5-7b-hf`). `AutoProcessor` and
+    `AutoModelForImageTextToText` load it; `Captioner.from_pretrained(folder)` uses it in "vlm" mode.
+
+    Args:
+        save_directory: the folder to write.
+        words: the tokenizer's whole-word vocabulary; defaults to every captioned-shapes caption word.
+        seed: seeds the random weights.
+        image_size: the vision tower's input side; patches are 8 pixels, so it sees (image_size / 8)**2 tokens.
+
+    Example:
+        >>> import tempfile
+        >>> from transformers import AutoProcessor
+        >>> folder = save_tiny_vlm(tempfile.mkdtemp(), words=["a", "red", "circle"])
+        >>> AutoProcessor.from_pretrained(folder).image_token
+        '<image>'
+    """
+    from transformers import (
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = _tiny_generator_tokenizer(words, image_token="<image>")
+    vision = CLIPVisionConfig(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=TINY_HIDDEN_SIZE,
+        intermediate_size=2 * TINY_HIDDEN_SIZE,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=TINY_HIDDEN_SIZE,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=_tiny_llama_config(tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size)
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+    model.save_pretrained(save_directory)
+    processor.save_pretrained(save_directory)
+    return Path(save_directory)
