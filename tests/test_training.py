@@ -1,0 +1,325 @@
+"""The EDGE objective on one batch, the data pipeline, save/load of the tuned weights, and resuming (in-process)."""
+
+import argparse
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from safetensors.torch import load_file
+from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+from diffusers_edge.data.format import NORMALIZED_FEATURES
+from diffusers_edge.data.shapes import load_captioned_shapes
+from diffusers_edge.testing import save_tiny_clip, save_tiny_stable_diffusion
+from diffusers_edge.training import (
+    EDGECollator,
+    EDGELossConfig,
+    EDGEObjective,
+    EDGETrainItems,
+    EpochBatchSampler,
+    add_trainable_parameters,
+    check_clip_model,
+    clip_pixel_values,
+    difffit_parameters,
+    load_difffit_weights,
+    load_train_dataset,
+    parse_args,
+    predict_x0,
+    resolve_checkpoint,
+    save_difffit,
+    train,
+)
+
+CAPTIONS = [["a red circle", "a big red circle"], ["a blue square"], ["a small green triangle"], ["a white cross"]]
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("sd"), sample_size=8)  # 16 px images: fast
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="module")
+def components(tiny_sd, tiny_clip):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    return pipe, CLIPModel.from_pretrained(tiny_clip), CLIPProcessor.from_pretrained(tiny_clip)
+
+
+def _images(n, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return [PIL.Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _dataset(captions=CAPTIONS, size=16):
+    ids = [str(i) for i in range(len(captions))]
+    return datasets.Dataset.from_dict(
+        {"image": _images(len(captions), size), "captions": captions, "image_id": ids},
+        features=NORMALIZED_FEATURES,
+    )
+
+
+def _args(sd, clip, out, *extra):
+    return parse_args(
+        [
+            "--pretrained_model_name_or_path", str(sd), "--clip_model_name_or_path", str(clip),
+            "--output_dir", str(out), "--resolution", "16", "--train_batch_size", "2", "--report_to", "none",
+            "--loss_max_timestep", "999", *extra,
+        ]
+    )  # fmt: skip
+
+
+def _batch(pipe, processor, captions, keep=None, seed=0):
+    collate = EDGECollator(pipe.tokenizer, processor.tokenizer)
+    items = [
+        {"pixel_values": torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(seed + i)) * 2 - 1,
+         "caption": c, "unet_caption": c, "keep": True if keep is None else keep[i]}
+        for i, c in enumerate(captions)
+    ]  # fmt: skip
+    return collate(items)
+
+
+# ------------------------------------------------------------------------------------------------ x0 and CLIP input
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_x0_matches_the_schedulers_own(prediction_type):
+    scheduler = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+        prediction_type=prediction_type,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    noisy, output = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    timesteps = torch.tensor([5, 400, 990])
+    ours = predict_x0(output, noisy, timesteps, scheduler)
+    for i, t in enumerate(timesteps.tolist()):
+        theirs = scheduler.step(output[i : i + 1], t, noisy[i : i + 1]).pred_original_sample
+        torch.testing.assert_close(ours[i : i + 1], theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_clip_pixel_values_match_the_clip_image_processor():
+    processor = CLIPImageProcessor(size={"shortest_edge": 24}, crop_size=24)
+    image = _images(1, size=48, seed=3)[0]
+    expected = processor(images=image, return_tensors="pt").pixel_values
+    as_tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    ours = clip_pixel_values(as_tensor, processor)
+    assert ours.shape == expected.shape == (1, 3, 24, 24)
+    # the processor resizes uint8 with PIL; we resize floats: agree to about one grey level (std ~0.27)
+    assert (ours - expected).abs().mean() < 0.03
+
+
+# ------------------------------------------------------------------------------------------------ the objective
+
+
+def _objective(components, config, finetune="lora"):
+    pipe, clip, processor = components
+    unet = type(pipe.unet).from_config(pipe.unet.config)
+    unet.load_state_dict(pipe.unet.state_dict())
+    args = argparse.Namespace(finetune=finetune, rank=4, lora_alpha=8, use_dora=False)
+    params = add_trainable_parameters(unet, args)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    return EDGEObjective(unet, pipe.vae, pipe.text_encoder, clip, processor.image_processor, scheduler, config), params
+
+
+def test_unet_sees_the_noisy_latents(components):
+    pipe, _, processor = components
+    objective, _ = _objective(components, EDGELossConfig())
+    seen = {}
+
+    def capture(module, args):
+        seen["sample"] = args[0].detach().clone()
+
+    objective.unet.register_forward_pre_hook(capture)
+    batch = _batch(pipe, processor, ["a red circle", "a blue square"])
+    objective(batch, generator=torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        latents = pipe.vae.encode(batch["pixel_values"]).latent_dist.sample(gen) * pipe.vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=gen)
+    timesteps = torch.randint(0, 1000, (2,), generator=gen)
+    expected = objective.noise_scheduler.add_noise(latents, noise, timesteps)
+    torch.testing.assert_close(seen["sample"], expected)
+    assert not torch.allclose(seen["sample"], latents)
+
+
+def test_gradients_reach_lora_parameters_and_only_them(components):
+    pipe, clip, processor = components
+    objective, params = _objective(components, EDGELossConfig(denoise_weight=0.0, loss_max_timestep=999))
+    out = objective(_batch(pipe, processor, ["a red circle", "a blue square", "a white cross"]), torch.Generator())
+    assert out.num_clip_pairs == 3 and out.denoise.item() > 0 and out.contrastive.item() > 0
+    out.loss.backward()
+    # with the MSE weighted 0, every LoRA gradient came through the VAE decoder and CLIP
+    names = {id(p): n for n, p in objective.unet.named_parameters()}
+    assert params and all("lora" in names[id(p)] for p in params)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params if "lora_B" in names[id(p)])
+    assert all(p.grad is None for p in objective.unet.parameters() if "lora" not in names[id(p)])
+    for frozen in (pipe.vae, pipe.text_encoder, clip):
+        assert all(p.grad is None for p in frozen.parameters())
+
+
+def test_difffit_trains_biases_and_norms_only(components):
+    pipe, _, processor = components
+    objective, params = _objective(components, EDGELossConfig(), finetune="difffit")
+    chosen = difffit_parameters(objective.unet)
+    assert {id(p) for p in params} == {id(p) for p in chosen.values()}
+    assert any(".norm" in n and n.endswith("weight") for n in chosen) and all(
+        n.endswith("bias") or "norm" in n for n in chosen
+    )
+    objective(_batch(pipe, processor, ["a red circle", "a blue square"]), torch.Generator()).loss.backward()
+    assert all(p.grad is not None for p in params)
+
+
+def test_loss_parts_combine_with_their_weights(components):
+    pipe, _, processor = components
+    batch = _batch(pipe, processor, ["a red circle", "a blue square", "a white cross"])
+    weights = {"denoise_weight": 0.5, "contrastive_weight": 2.0, "diversity_weight": 3.0}
+    objective, _ = _objective(components, EDGELossConfig(loss_max_timestep=999, **weights))
+    out = objective(batch, torch.Generator().manual_seed(1))
+    expected = 0.5 * out.denoise + 2.0 * out.contrastive + 3.0 * out.diversity
+    torch.testing.assert_close(out.loss.detach(), expected)
+    assert set(out.logs()) == {"loss", "loss_denoise", "loss_contrastive", "loss_diversity", "clip_pairs"}
+
+
+def test_clip_losses_skip_dropped_captions_and_high_timesteps(components):
+    pipe, _, processor = components
+    captions = ["a red circle", "a blue square", "a white cross", "a green triangle"]
+    objective, _ = _objective(components, EDGELossConfig(loss_max_timestep=999))
+    out = objective(_batch(pipe, processor, captions, keep=[True, False, True, False]), torch.Generator())
+    assert out.num_clip_pairs == 2
+    objective.config.clip_batch_size = 1
+    assert objective(_batch(pipe, processor, captions), torch.Generator()).num_clip_pairs == 1
+    objective.config = EDGELossConfig(loss_max_timestep=0)
+    out = objective(_batch(pipe, processor, captions), torch.Generator().manual_seed(3))  # t > 0 for all four
+    assert out.num_clip_pairs == 0 and out.contrastive.item() == 0.0
+    torch.testing.assert_close(out.loss.detach(), out.denoise)
+
+
+def test_lower_loss_resolution_decodes_smaller_images(components):
+    pipe, _, processor = components
+    objective, _ = _objective(components, EDGELossConfig(loss_max_timestep=999, loss_resolution=8))
+    sizes = []
+    pipe.vae.decoder.register_forward_hook(lambda m, a, o: sizes.append(o.shape[-1]))
+    try:
+        objective(_batch(pipe, processor, ["a red circle", "a blue square"]), torch.Generator())
+    finally:
+        pipe.vae.decoder._forward_hooks.clear()
+    assert sizes == [8]
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_items_are_seeded_per_epoch_and_row():
+    args = argparse.Namespace(
+        seed=0, image_column="image", caption_column="captions", caption_dropout=0.5, resolution=16,
+        center_crop=False, random_flip=True,
+    )  # fmt: skip
+    items = EDGETrainItems(_dataset([["a red circle", "a big red circle", "a tiny red circle"]] * 4), args)
+    first, again = items[(2, 0)], items[(2, 0)]
+    assert first["caption"] == again["caption"] and first["keep"] == again["keep"]
+    torch.testing.assert_close(first["pixel_values"], again["pixel_values"])
+    assert first["pixel_values"].shape == (3, 16, 16) and first["pixel_values"].min() >= -1
+    draws = {(items[(2, e)]["caption"], items[(2, e)]["keep"]) for e in range(12)}
+    assert len(draws) > 2  # caption choice and dropout change from epoch to epoch
+    assert {items[(2, e)]["unet_caption"] for e in range(12)} >= {""}
+
+
+def test_batch_sampler_splits_processes_and_skips():
+    samplers = [EpochBatchSampler(10, 2, seed=1, process_index=p, num_processes=2) for p in range(2)]
+    batches = [list(s) for s in samplers]
+    assert len(samplers[0]) == 3 and all(len(b) == 2 for bs in batches for b in bs)
+    rows = [row for bs in batches for b in bs for row, _ in b]
+    assert set(rows) == set(range(10))  # 12 slots: every row once, two wrap around
+    assert not {r for b in batches[0][:2] for r, _ in b} & {r for b in batches[1][:2] for r, _ in b}
+    samplers[0].skip = 2
+    assert list(samplers[0]) == batches[0][2:]
+    samplers[0].set_epoch(1)
+    assert list(samplers[0]) != batches[0] and all(epoch == 1 for b in samplers[0] for _, epoch in b)
+
+
+def test_load_train_dataset_checks_columns_and_captions(tiny_sd, tiny_clip, tmp_path):
+    args = _args(tiny_sd, tiny_clip, tmp_path)
+    ds = load_train_dataset(args, _dataset())
+    assert args.caption_column == "captions" and len(ds) == 4
+    with pytest.raises(ValueError, match="--image_column 'picture'"):
+        load_train_dataset(_args(tiny_sd, tiny_clip, tmp_path, "--image_column", "picture"), _dataset())
+    with pytest.raises(ValueError, match="--caption_column 'text'"):
+        load_train_dataset(_args(tiny_sd, tiny_clip, tmp_path, "--caption_column", "text"), _dataset())
+    with pytest.raises(ValueError, match="none of the caption columns"):
+        load_train_dataset(_args(tiny_sd, tiny_clip, tmp_path), _dataset().rename_column("captions", "words"))
+    with pytest.raises(ValueError, match="training row 2 .* empty caption"):
+        load_train_dataset(_args(tiny_sd, tiny_clip, tmp_path), _dataset([["a"], ["b"], ["c", " "], ["d"]]))
+    with pytest.raises(ValueError, match="no training data"):
+        load_train_dataset(_args(tiny_sd, tiny_clip, tmp_path))
+
+
+def test_clip_model_with_mismatched_projections_is_refused(tiny_clip):
+    clip, processor = CLIPModel.from_pretrained(tiny_clip), CLIPProcessor.from_pretrained(tiny_clip)
+    assert check_clip_model(clip, processor.tokenizer, processor.image_processor, "tiny") == 16
+    clip.text_projection = torch.nn.Linear(clip.text_projection.in_features, 8, bias=False)
+    with pytest.raises(ValueError, match="image embeddings of size 16 but text embeddings of size 8"):
+        check_clip_model(clip, processor.tokenizer, processor.image_processor, "tiny")
+
+
+def test_bad_flags_fail_early(tiny_sd, tiny_clip, tmp_path):
+    with pytest.raises(ValueError, match="--caption_dropout"):
+        _args(tiny_sd, tiny_clip, tmp_path, "--caption_dropout", "1.0")
+    with pytest.raises(ValueError, match="all loss weights are 0"):
+        _args(tiny_sd, tiny_clip, tmp_path, *"--denoise_weight 0 --contrastive_weight 0 --diversity_weight 0".split())
+    with pytest.raises(FileNotFoundError, match="checkpoint-7"):
+        resolve_checkpoint("checkpoint-7", tmp_path)
+    assert resolve_checkpoint("latest", tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint"):
+        train(_args(tiny_sd, tiny_clip, tmp_path / "out", "--resume_from_checkpoint", "nowhere"), _dataset())
+    with pytest.raises(ValueError, match="--resolution 30 is not divisible by 4"):
+        train(_args(tiny_sd, tiny_clip, tmp_path / "out", "--resolution", "30"), _dataset())
+
+
+def test_difffit_file_round_trip(components, tmp_path):
+    pipe, _, _ = components
+    unet = type(pipe.unet).from_config(pipe.unet.config)
+    chosen = difffit_parameters(unet)
+    with torch.no_grad():
+        for p in chosen.values():
+            p.add_(1.0)
+    path = save_difffit(unet, tmp_path / "difffit_weights.safetensors", "tiny")
+    assert set(load_file(path)) == set(chosen)
+    fresh = type(pipe.unet).from_config(pipe.unet.config)
+    conv_before = fresh.conv_in.weight.detach().clone()
+    load_difffit_weights(fresh, path)
+    tuned = dict(unet.named_parameters())
+    for name, p in difffit_parameters(fresh).items():
+        torch.testing.assert_close(p, tuned[name])
+    torch.testing.assert_close(fresh.conv_in.weight, conv_before)  # not a DiffFit parameter: untouched
+    with pytest.raises(ValueError, match="not in this UNet"):
+        load_difffit_weights(torch.nn.Linear(2, 2), path)
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def test_resumed_run_ends_with_the_same_lora_as_an_uninterrupted_one(tiny_sd, tiny_clip, tmp_path):
+    shapes = load_captioned_shapes(num_train=6, num_val=1, num_test=1)["train"]  # the demo passes this split
+    # the warm-up spans the checkpoint, so the restored scheduler state matters
+    flags = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--random_flip", "--learning_rate", "1e-2"]
+    flags += ["--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "3"]
+    full = train(_args(tiny_sd, tiny_clip, tmp_path / "full", *flags), shapes)
+    first = _args(tiny_sd, tiny_clip, tmp_path / "resumed", *flags)
+    first.max_train_steps = 2
+    train(first, shapes)
+    assert (tmp_path / "resumed" / "checkpoint-2" / "pytorch_lora_weights.safetensors").is_file()
+    resume = _args(tiny_sd, tiny_clip, tmp_path / "resumed", *flags, "--resume_from_checkpoint", "latest")
+    resumed = train(resume, shapes)
+    assert full.global_step == resumed.global_step == 4
+    a, b = load_file(full.weights_path), load_file(resumed.weights_path)
+    start = load_file(tmp_path / "resumed" / "checkpoint-2" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(a[k], start[k]) for k in a)  # steps 3-4 did change the weights
