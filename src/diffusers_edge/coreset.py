@@ -1,0 +1,322 @@
+"""Coreset baselines on real image-text pairs, in the normalized form so that they are evaluated like distilled sets.
+
+The literature defines these baselines for pairs inconsistently (REFERENCE.md section 3), so every choice is explicit:
+
+* **budget**: `num_pairs` counts (image, caption) pairs, as for a distilled set. With `captions_per_image=1` (the
+  default) that is `num_pairs` images with one caption each; with `captions_per_image=k` (or `None` = all captions)
+  images are taken in the method's order until the budget is reached, the last one keeping only the captions
+  that fit, so the result holds **exactly** `num_pairs` pairs.
+* **which captions**: an image keeps `captions_per_image` of its captions drawn with the seed (all when `None`).
+* **embedding space** (herding, k-center): `image` = the L2-normalised CLIP image embedding; `text` = the
+  L2-normalised mean of the L2-normalised CLIP embeddings of the kept captions; `joint` = the concatenation of both
+  (each L2-normalised, as in EDGE's diversity loss). The CLIP model is a `transformers.CLIPModel`
+  (default `openai/clip-vit-base-patch32`, the model of EDGE's loss space).
+
+Methods:
+
+| method       | rule                                                                                          |
+|--------------|-----------------------------------------------------------------------------------------------|
+| `random`     | a seeded uniform permutation of the images                                                    |
+| `herding`    | greedy: add the point **nearest** to the residual `(t+1)*mean - sum(chosen)` (Welling 2009)     |
+| `kcenter`    | greedy farthest-first traversal from a seeded random point (Gonzalez 1985; Sener & Savarese 2018) |
+| `forgetting` | most forgetting events first (Toneva et al. 2019), see `forgetting_scores`                     |
+| `full`       | the whole set, every caption (the upper reference; no budget)                                 |
+
+Example:
+    >>> coreset = select_coreset(train, "herding", num_pairs=100, space="joint", clip_model=DEFAULT_CLIP_MODEL)
+    >>> sum(len(c) for c in coreset["captions"])
+    100
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.format import CAPTIONS_COLUMN, IMAGE_COLUMN, validate_normalized
+from .selection import embed_captions, kcenter_greedy
+
+METHODS = ("random", "herding", "kcenter", "forgetting", "full")
+SPACES = ("image", "text", "joint")
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+
+
+def herding(embeddings: torch.Tensor, num: int) -> list[int]:
+    """Greedy herding: each step adds the unchosen point nearest to the residual of the running mean.
+
+    At step t (0-based), with S the sum of the t chosen points and m the mean of all points, the point x minimising
+    `||(t + 1) * m - S - x||` is added, i.e. the one that brings the mean of the chosen set closest to m (Welling,
+    ICML 2009; iCaRL's exemplar rule). Ties break to the lowest index.
+
+    Args:
+        embeddings: `[pool, dim]` points.
+        num: how many to choose (1..pool).
+
+    Returns:
+        `num` distinct indices in the order chosen.
+
+    Example:
+        >>> herding(torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0], [10.0, 1.0]]), 3)
+        [1, 2, 0]
+    """
+    points = embeddings.double()
+    if not 1 <= num <= len(points):
+        raise ValueError(f"Cannot choose {num} points by herding from a pool of {len(points)}.")
+    target = points.mean(0)
+    chosen_sum = torch.zeros_like(target)
+    points_sq = (points * points).sum(1)
+    taken = torch.zeros(len(points), dtype=torch.bool)
+    chosen = []
+    for step in range(num):
+        residual = (step + 1) * target - chosen_sum
+        distance = points_sq - 2 * points @ residual
+        distance[taken] = math.inf
+        index = int(torch.argmin(distance))
+        chosen.append(index)
+        taken[index] = True
+        chosen_sum += points[index]
+    return chosen
+
+
+def count_forgetting_events(correct: torch.Tensor) -> torch.Tensor:
+    """Forgetting events per example from a `[epochs, pool]` boolean history of "classified correctly".
+
+    An event is a transition from correct (at one epoch) to incorrect (at the next). Examples never correct are
+    given `inf`: Toneva et al. (ICLR 2019) rank never-learned examples as the most forgettable.
+
+    Example:
+        >>> count_forgetting_events(torch.tensor([[1, 0, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.bool))
+        tensor([1., inf, 1.])
+    """
+    correct = correct.bool()
+    events = (correct[:-1] & ~correct[1:]).sum(0).double()
+    events[~correct.any(0)] = math.inf
+    return events
+
+
+def forgetting_scores(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Forgetting events of each pair over a short contrastive training run on frozen CLIP embeddings.
+
+    A proxy retrieval model (one linear map per modality, randomly initialised with the seed, cosine logits at
+    temperature 0.07, symmetric InfoNCE, Adam) is trained on the pairs in shuffled batches. Before each update a
+    pair counts as correct when its image retrieves its own text *and* its text retrieves its own image within the
+    batch (argmax of the row and of the column). Events are counted with `count_forgetting_events`.
+
+    Args:
+        image_embeds: `[pool, d_img]` image embeddings.
+        text_embeds: `[pool, d_txt]` text embeddings of the same pairs.
+        epochs: passes over the pool.
+        batch_size: pairs per batch.
+        lr: Adam learning rate.
+        seed: seeds the initialisation and the batch order.
+
+    Returns:
+        `[pool]` float64 counts (`inf` for pairs never retrieved correctly).
+
+    Example:
+        >>> scores = forgetting_scores(torch.randn(50, 8), torch.randn(50, 8), epochs=3, seed=0)
+        >>> scores.shape
+        torch.Size([50])
+    """
+    generator = torch.Generator().manual_seed(seed)
+    dim = max(image_embeds.shape[1], text_embeds.shape[1])
+    image_map = torch.nn.Linear(image_embeds.shape[1], dim)
+    text_map = torch.nn.Linear(text_embeds.shape[1], dim)
+    for layer in (image_map, text_map):
+        torch.nn.init.normal_(layer.weight, std=layer.in_features**-0.5, generator=generator)
+        torch.nn.init.zeros_(layer.bias)
+    optimizer = torch.optim.Adam([*image_map.parameters(), *text_map.parameters()], lr=lr)
+    pool = len(image_embeds)
+    correct = torch.zeros(epochs, pool, dtype=torch.bool)
+    for epoch in range(epochs):
+        for batch in torch.randperm(pool, generator=generator).split(batch_size):
+            logits = F.normalize(image_map(image_embeds[batch].float()), dim=-1)
+            logits = logits @ F.normalize(text_map(text_embeds[batch].float()), dim=-1).T / 0.07
+            targets = torch.arange(len(batch))
+            correct[epoch, batch] = (logits.argmax(1) == targets) & (logits.argmax(0) == targets)
+            loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return count_forgetting_events(correct)
+
+
+def _load_clip(clip_model: str | Path, device: str):
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(str(clip_model)).to(device).eval().requires_grad_(False)
+    return model, CLIPProcessor.from_pretrained(str(clip_model))
+
+
+@torch.inference_mode()
+def clip_embeddings(
+    dataset: datasets.Dataset,
+    captions: Sequence[Sequence[str]],
+    clip_model: str | Path = DEFAULT_CLIP_MODEL,
+    device: str | None = None,
+    batch_size: int = 256,
+    need_images: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """L2-normalised CLIP image embeddings of `dataset`'s images and per-image text embeddings of `captions`.
+
+    The text embedding of an image is the L2-normalised mean of the L2-normalised embeddings of its captions.
+
+    Args:
+        dataset: a normalized dataset (its `image` column is read).
+        captions: for each row, the captions to embed.
+        clip_model: a `CLIPModel` id or folder (with its `CLIPProcessor`).
+        device: where CLIP runs (default: CUDA when available).
+        batch_size: images or texts per forward pass.
+        need_images: `False` skips the image side (returns `None` for it).
+
+    Returns:
+        (`[rows, d]` image embeddings or `None`, `[rows, d]` text embeddings), float32 on the CPU.
+
+    Example:
+        >>> images, texts = clip_embeddings(train, [c[:1] for c in train["captions"]], "openai/clip-vit-base-patch32")
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = _load_clip(clip_model, device)
+    flat = [caption for row in captions for caption in row]
+    owner = torch.tensor([row for row, caps in enumerate(captions) for _ in caps])
+    flat_embeds = embed_captions(flat, model, processor, batch_size=batch_size)
+    text = torch.zeros(len(captions), flat_embeds.shape[1]).index_add_(0, owner, flat_embeds)
+    text = F.normalize(text, dim=-1)
+    if not need_images:
+        return None, text
+    images = dataset.select_columns([IMAGE_COLUMN])
+    chunks = []
+    for start in range(0, dataset.num_rows, batch_size):
+        pixels = processor(images=images[start : start + batch_size][IMAGE_COLUMN], return_tensors="pt")
+        features = model.get_image_features(pixel_values=pixels["pixel_values"].to(device))
+        if not isinstance(features, torch.Tensor):  # transformers 5 returns a model output
+            features = features.pooler_output
+        chunks.append(F.normalize(features.float(), dim=-1).cpu())
+    return torch.cat(chunks), text
+
+
+def _kept_captions(captions: list[list[str]], captions_per_image: int | None, seed: int) -> list[list[str]]:
+    if captions_per_image is None:
+        return captions
+    if captions_per_image < 1:
+        raise ValueError(f"captions_per_image must be >= 1 or None (all), got {captions_per_image}.")
+    rng = np.random.default_rng(seed)
+    kept = []
+    for row in captions:
+        if len(row) <= captions_per_image:
+            kept.append(list(row))
+        else:
+            picks = sorted(rng.choice(len(row), size=captions_per_image, replace=False).tolist())
+            kept.append([row[i] for i in picks])
+    return kept
+
+
+def _order(
+    method: str,
+    dataset: datasets.Dataset,
+    captions: list[list[str]],
+    num_images: int,
+    space: str,
+    clip_model: str | Path,
+    seed: int,
+    device: str | None,
+    forgetting_epochs: int,
+) -> list[int]:
+    """The first `num_images` (at least) rows in the order `method` picks them."""
+    if method == "random":
+        return np.random.default_rng(seed).permutation(dataset.num_rows).tolist()
+    need_images = method == "forgetting" or space != "text"
+    image, text = clip_embeddings(dataset, captions, clip_model, device=device, need_images=need_images)
+    if method == "forgetting":
+        scores = forgetting_scores(image, text, epochs=forgetting_epochs, seed=seed)
+        tie_break = np.random.default_rng(seed).permutation(dataset.num_rows)
+        return sorted(tie_break.tolist(), key=lambda row: -scores[row])  # stable: ties keep the seeded order
+    points = {"image": image, "text": text}.get(space)
+    if points is None:
+        points = torch.cat([image, text], dim=1)
+    if method == "herding":
+        return herding(points, num_images)
+    return kcenter_greedy(points, num_images, seed=seed)
+
+
+def select_coreset(
+    dataset: datasets.Dataset,
+    method: str,
+    num_pairs: int | None = None,
+    *,
+    space: str = "joint",
+    captions_per_image: int | None = 1,
+    clip_model: str | Path = DEFAULT_CLIP_MODEL,
+    seed: int = 0,
+    device: str | None = None,
+    forgetting_epochs: int = 20,
+) -> datasets.Dataset:
+    """A coreset of real pairs with exactly `num_pairs` (image, caption) pairs, in the normalized form.
+
+    Args:
+        dataset: the pool (a normalized dataset, e.g. the training split); extra columns are kept.
+        method: `random`, `herding`, `kcenter`, `forgetting` or `full` (the whole pool; `num_pairs` is ignored).
+        num_pairs: the budget in (image, caption) pairs.
+        space: the embedding space of herding and k-center: `image`, `text` or `joint`. Forgetting always uses
+            both modalities (it trains a pair model) and accepts only `joint`.
+        captions_per_image: captions kept per image (drawn with the seed); `None` keeps all.
+        clip_model: the `CLIPModel` id or folder whose embeddings define the space (unused by `random`).
+        seed: seeds caption choice, the random order, k-center's first point and the forgetting run.
+        device: where CLIP runs.
+        forgetting_epochs: length of the forgetting proxy run.
+
+    Returns:
+        The selected rows in the method's order, their `captions` replaced by the kept captions.
+
+    Raises:
+        ValueError: unknown method or space, a budget below 1 or above the pairs available, forgetting with a
+            space other than `joint`, or a pool not in the normalized form.
+
+    Example:
+        >>> coreset = select_coreset(train, "kcenter", num_pairs=100, space="image", seed=0)
+        >>> coreset.num_rows
+        100
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown coreset method {method!r}; choose one of {METHODS}.")
+    if space not in SPACES:
+        raise ValueError(f"Unknown embedding space {space!r}; choose one of {SPACES}.")
+    if method == "forgetting" and space != "joint":
+        raise ValueError("The forgetting baseline trains on image and text together: use space='joint'.")
+    validate_normalized(dataset, name="the coreset pool")
+    if method == "full":
+        return dataset
+    captions = _kept_captions([list(c) for c in dataset[CAPTIONS_COLUMN]], captions_per_image, seed)
+    counts = [len(c) for c in captions]
+    if num_pairs is None or num_pairs < 1:
+        raise ValueError(f"num_pairs must be a positive number of (image, caption) pairs, got {num_pairs!r}.")
+    if num_pairs > sum(counts):
+        raise ValueError(
+            f"The budget of {num_pairs} pairs exceeds the pool: {dataset.num_rows} images with "
+            f"captions_per_image={captions_per_image} give {sum(counts)} pairs."
+        )
+    num_images = min(dataset.num_rows, math.ceil(num_pairs / min(counts)))
+    order = _order(method, dataset, captions, num_images, space, clip_model, seed, device, forgetting_epochs)
+    rows, kept, total = [], [], 0
+    for row in order:
+        take = captions[row][: num_pairs - total]
+        rows.append(row)
+        kept.append(take)
+        total += len(take)
+        if total == num_pairs:
+            break
+    subset = dataset.select(rows).remove_columns([CAPTIONS_COLUMN])
+    return subset.add_column(CAPTIONS_COLUMN, kept, feature=dataset.features[CAPTIONS_COLUMN])
