@@ -377,7 +377,7 @@ def summarize(runs: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def evaluate_dataset(
-    train: datasets.Dataset,
+    train: datasets.Dataset | Callable[[int], datasets.Dataset],
     test: datasets.Dataset,
     config: ProtocolConfig | None = None,
     *,
@@ -398,7 +398,8 @@ def evaluate_dataset(
     Frozen text features are computed once and shared by all seeds.
 
     Args:
-        train: the set to train on.
+        train: the set to train on, or a function of the seed that returns it (e.g. a random coreset drawn with
+            that seed, so that the spread over seeds includes the draw).
         test: the set to measure on (e.g. the Flickr30K Karpathy test split: 1000 images, 5000 captions).
         config: the protocol (default: the `lors` preset).
         image_encoder: a timm model name.
@@ -427,15 +428,19 @@ def evaluate_dataset(
     if not seeds:
         raise ValueError("Give at least one seed.")
     started = time.perf_counter()
-    train_pairs = prepare_pairs(train, config.image_size, name="the training set")
     test_pairs = prepare_pairs(test, config.image_size, name="the test set")
     texts = FrozenTextEncoder(text_encoder, config.max_text_length, device=device, pooling=text_pooling)
-    train_features = texts.encode(train_pairs.captions, batch_size=config.eval_batch_size)
     test_features = texts.encode(test_pairs.captions, batch_size=config.eval_batch_size)
+    if not callable(train):
+        train_pairs = prepare_pairs(train, config.image_size, name="the training set")
+        train_features = texts.encode(train_pairs.captions, batch_size=config.eval_batch_size)
     prepare_seconds = time.perf_counter() - started
     runs = []
     for seed in seeds:
         run_started = time.perf_counter()
+        if callable(train):
+            train_pairs = prepare_pairs(train(seed), config.image_size, name=f"the training set of seed {seed}")
+            train_features = texts.encode(train_pairs.captions, batch_size=config.eval_batch_size)
         torch.manual_seed(seed)
         student = RetrievalStudent.from_timm(
             image_encoder,
@@ -456,7 +461,8 @@ def evaluate_dataset(
             evaluate=lambda s: evaluate_student(s, test_pairs.images, test_features, test_pairs.text_to_image, config),
             progress=progress,
         )
-        runs.append({"seed": seed, **history, "seconds": time.perf_counter() - run_started})
+        sizes = {"num_images": train_pairs.num_images, "num_pairs": train_pairs.num_pairs}
+        runs.append({"seed": seed, "train": sizes, **history, "seconds": time.perf_counter() - run_started})
     return {
         "protocol": config.to_dict(),
         "student": {
@@ -470,7 +476,7 @@ def evaluate_dataset(
             "text_features": texts.hidden_size,
         },
         "seeds": seeds,
-        "train": {"num_images": train_pairs.num_images, "num_pairs": train_pairs.num_pairs},
+        "train": runs[0]["train"],
         "test": {"num_images": test_pairs.num_images, "num_texts": test_pairs.num_pairs},
         "runs": runs,
         "summary": {
