@@ -47,8 +47,10 @@ import torch
 ArrayLike = torch.Tensor | np.ndarray
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
-# Elements per comparison block (rows x candidates): bounds the temporary memory of both paths.
+# Scores per block (query rows x candidates) when chunk_size is None: bounds the temporary memory. The embeddings
+# path uses larger blocks because a matrix product with few rows runs below the machine's GEMM rate.
 _BLOCK_ELEMENTS = 1 << 22
+_GEMM_BLOCK_ELEMENTS = 1 << 23
 
 
 def retrieval_recall(
@@ -125,9 +127,10 @@ def retrieval_recall_from_embeddings(
     all images (text -> image ranks). Each query's positive score and every competitor it is compared with
     come from the same block of the same matrix product, so exact ties (duplicate or collapsed embeddings) are
     seen as ties and counted pessimistically. The cost is two matrix products instead of one; in exchange the
-    temporary memory is about ``chunk_size * max(n_images, n_texts) * 5`` bytes (float32 block plus a boolean
-    mask), independent of ``n_images * n_texts``. No copy of the embeddings is made (except float16/bfloat16
-    inputs, which are computed in float32).
+    temporary memory is one block of scores, ``chunk_size * max(n_images, n_texts)`` floats (the block is
+    overwritten by its own comparison mask), independent of ``n_images * n_texts``; the default blocks hold
+    about 8M scores (32 MB in float32). No copy of the embeddings is made, except that float16/bfloat16 inputs
+    are computed in float32.
 
     Args:
         image_embeds: ``(n_images, d)`` image embeddings (torch tensor on any device, or numpy array).
@@ -137,7 +140,7 @@ def retrieval_recall_from_embeddings(
         normalize: score with cosine similarity: each candidate's dot product is multiplied by the inverse of
             the candidate's L2 norm (the query's own norm is a positive constant within a ranking and is left
             out, which cannot reorder anything). ``False`` ranks by the raw dot product.
-        chunk_size: query rows per block; ``None`` picks about 4M scores per block.
+        chunk_size: query rows per block; ``None`` picks about 8M scores per block.
         ir_recall: also return the IR-style recall keys (see :func:`retrieval_recall`).
 
     Returns:
@@ -172,7 +175,7 @@ def retrieval_recall_from_embeddings(
 
     i2t_rank = torch.empty(n_images, dtype=torch.long, device=img.device)
     ir_pos = torch.empty(n_texts, dtype=torch.long, device=img.device) if ir_recall else None
-    rows = min(n_images, chunk_size or max(1, _BLOCK_ELEMENTS // n_texts))
+    rows = min(n_images, chunk_size or max(1, _GEMM_BLOCK_ELEMENTS // n_texts))
     counter = _Counter(rows, n_texts, img.device, in_place=True)
     for start in range(0, n_images, rows):
         block = _scores(img[start : start + rows], txt, txt_scale, start, "image")
@@ -180,7 +183,7 @@ def retrieval_recall_from_embeddings(
         del block
 
     t2i_rank = torch.empty(n_texts, dtype=torch.long, device=img.device)
-    rows = min(n_texts, chunk_size or max(1, _BLOCK_ELEMENTS // n_images))
+    rows = min(n_texts, chunk_size or max(1, _GEMM_BLOCK_ELEMENTS // n_images))
     counter = _Counter(rows, n_images, img.device, in_place=True)
     for start in range(0, n_texts, rows):
         block = _scores(txt[start : start + rows], img, img_scale, start, "text")
