@@ -1,0 +1,547 @@
+"""Distilled image-text sets: the Hub layout `EDGEPipeline.distill` writes, a builder that reads it, exporters.
+
+The layout of a distilled set (a folder, and the same files in a Hub dataset repository):
+
+```
+output_dir/
+  README.md                         dataset card; its YAML `configs:` points `load_dataset` at data/
+  data/train-00000-of-00004.parquet one row per image, image bytes embedded (written atomically)
+  ...
+  edge_manifest.json                the arguments the set was made with (local bookkeeping, not pushed)
+  edge_plan.json                    the selected prompts, item seeds and source ids (local, not pushed)
+```
+
+Rows follow the normalized form of `diffusers_edge.data.format` plus three columns: `prompt` (the caption the
+image was generated from), `seed` (the item's generator seed) and `source_image_id` (the source image the prompt
+came from, or null). Because the card's YAML names the Parquet files, `datasets.load_dataset(output_dir)` and,
+after `push_distilled`, `datasets.load_dataset("user/repo")` read the set with no loading script (datasets >= 4
+refuses scripts; REFERENCE.md section 4).
+
+`DistilledBuilder` (a `datasets.GeneratorBasedBuilder` used directly) reads this layout and also the flat
+EDGE / LoRS / BLIP JSON form: a list of `{"image": path, "caption": str, "image_id": int}` records beside an image
+folder, one record per (image, caption) pair. `to_flat_pairs` and `export_blip_json` go the other way.
+
+Example:
+    >>> distilled = load_distilled("flickr-edge-500")            # a folder or a Hub repo id
+    >>> pairs = to_flat_pairs(distilled)                          # one row per (image, caption) pair
+    >>> export_blip_json(distilled, "flickr-edge-500-blip")       # train.json + images/ for LoRS/EDGE code
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import PIL.Image
+import pyarrow.parquet as pq
+from huggingface_hub import DatasetCard, DatasetCardData, HfApi
+
+from .format import CAPTIONS_COLUMN, IMAGE_COLUMN, IMAGE_ID_COLUMN, check_captions
+
+PROMPT_COLUMN = "prompt"
+SEED_COLUMN = "seed"
+SOURCE_IMAGE_ID_COLUMN = "source_image_id"
+
+DISTILLED_FEATURES = datasets.Features(
+    {
+        IMAGE_COLUMN: datasets.Image(),
+        CAPTIONS_COLUMN: datasets.List(datasets.Value("string")),
+        IMAGE_ID_COLUMN: datasets.Value("string"),
+        PROMPT_COLUMN: datasets.Value("string"),
+        SEED_COLUMN: datasets.Value("int64"),
+        SOURCE_IMAGE_ID_COLUMN: datasets.Value("string"),
+    }
+)
+
+DATA_DIR = "data"
+SPLIT = "train"
+CARD_NAME = "README.md"
+MANIFEST_NAME = "edge_manifest.json"
+PLAN_NAME = "edge_plan.json"
+TMP_DIR = ".edge_tmp"
+SHARD_GLOB = f"{DATA_DIR}/{SPLIT}-*.parquet"
+_SHARD_RE = re.compile(rf"^{SPLIT}-(\d{{5}})-of-(\d{{5}})\.parquet$")
+
+
+# ----------------------------------------------------------------------------------------------- the Hub layout
+
+
+def shard_path(output_dir: str | os.PathLike, index: int, num_shards: int) -> Path:
+    """The path of shard `index` of `num_shards` in a distilled-set folder (datasets' `train-00000-of-00004` names).
+
+    Example:
+        >>> shard_path("out", 2, 10).as_posix()
+        'out/data/train-00002-of-00010.parquet'
+    """
+    return Path(output_dir) / DATA_DIR / f"{SPLIT}-{index:05d}-of-{num_shards:05d}.parquet"
+
+
+def finished_shards(output_dir: str | os.PathLike, num_shards: int) -> set[int]:
+    """Indices of the shards of a `num_shards`-shard set that exist as complete files (they only appear by rename).
+
+    Example:
+        >>> finished_shards("a-folder-that-does-not-exist", 4)
+        set()
+    """
+    data = Path(output_dir) / DATA_DIR
+    if not data.is_dir():
+        return set()
+    done = set()
+    for path in data.iterdir():
+        match = _SHARD_RE.match(path.name)
+        if match and int(match.group(2)) == num_shards:
+            done.add(int(match.group(1)))
+    return done
+
+
+def encode_png(image: PIL.Image.Image) -> bytes:
+    """PNG bytes of `image` (lossless and deterministic: the same pixels give the same bytes).
+
+    Example:
+        >>> encode_png(PIL.Image.new("RGB", (2, 2)))[:4]
+        b'\\x89PNG'
+    """
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_shard(rows: Mapping[str, Sequence[Any]], path: str | os.PathLike, tmp_dir: str | os.PathLike) -> Path:
+    """Writes one shard of distilled rows to Parquet atomically: into `tmp_dir` first, then `os.replace` to `path`.
+
+    A reader (or a resumed run) therefore sees either no file or the complete shard, never a partial one.
+
+    Args:
+        rows: columns of `DISTILLED_FEATURES`; `image` holds PIL images or PNG bytes.
+        path: the final shard path (see `shard_path`).
+        tmp_dir: a folder on the same file system as `path` for the file being written.
+
+    Returns:
+        `path`.
+
+    Example:
+        >>> rows = {"image": [PIL.Image.new("RGB", (4, 4))], "captions": [["a red circle"]], "image_id": ["0"],
+        ...         "prompt": ["a red circle"], "seed": [1], "source_image_id": [None]}
+        >>> write_shard(rows, "out/data/train-00000-of-00001.parquet", "out/.edge_tmp")
+    """
+    missing = set(DISTILLED_FEATURES) - set(rows)
+    if missing:
+        raise ValueError(f"Distilled rows for {str(path)!r} lack column(s) {sorted(missing)}.")
+    columns = {name: list(rows[name]) for name in DISTILLED_FEATURES}
+    columns[IMAGE_COLUMN] = [
+        {"bytes": image if isinstance(image, bytes) else encode_png(image), "path": None}
+        for image in columns[IMAGE_COLUMN]
+    ]
+    path, tmp_dir = Path(path), Path(tmp_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{path.name}.{os.getpid()}.partial"
+    table = datasets.Dataset.from_dict(columns, features=DISTILLED_FEATURES).data.table
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _yaml_safe(value: Any) -> Any:
+    """JSON-like metadata with tuples as lists, for the card's YAML."""
+    if isinstance(value, Mapping):
+        return {str(k): _yaml_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_yaml_safe(v) for v in value]
+    return value
+
+
+_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ pretty_name }}
+
+A distilled image-text dataset made with [diffusers-edge](https://github.com/) (EDGE, "Efficient Multimodal
+Dataset Distillation via Generative Models", arXiv 2509.15472): {{ num_images }} generated images with
+{{ captions_per_image }} caption(s) each, {{ num_pairs }} image-caption pairs in all.
+
+Each row holds one image, its `captions` (the prompt it was generated from first, then synthesized captions), the
+`prompt`, the item's generator `seed` and the `source_image_id` of the real image the prompt came from.
+
+## Load
+
+```python
+from datasets import load_dataset
+
+distilled = load_dataset("{{ repo_hint }}", split="train")
+```
+
+`diffusers_edge.data.distilled.to_flat_pairs` gives one row per (image, caption) pair and `export_blip_json`
+writes the BLIP JSON + image folder that the MTT-VL / LoRS / EDGE evaluation code reads.
+
+## How it was made
+
+| setting | value |
+|---|---|
+{{ settings_table }}
+"""
+
+
+def write_card(output_dir: str | os.PathLike, metadata: Mapping[str, Any], pretty_name: str | None = None) -> Path:
+    """Writes the `README.md` dataset card of a distilled set: YAML `configs:` for `load_dataset` + `metadata`.
+
+    Args:
+        output_dir: the distilled-set folder (its shards must be under `data/`).
+        metadata: how the set was made (method, base model, LoRA, selection, captioner, budget, seeds, steps,
+            guidance, library version, ...); stored under the YAML key `distillation` and shown as a table.
+        pretty_name: the card's title (default: the folder name).
+
+    Returns:
+        The card's path.
+
+    Example:
+        >>> write_card("flickr-edge-500", {"method": "EDGE", "num_pairs": 500, "captions_per_image": 2})
+    """
+    output_dir = Path(output_dir)
+    pretty_name = pretty_name or output_dir.resolve().name
+    metadata = _yaml_safe(dict(metadata))
+    card_data = DatasetCardData(
+        dataset_info=_dataset_info(_all_shards(output_dir)),
+        pretty_name=pretty_name,
+        task_categories=["text-to-image", "image-to-text"],
+        tags=["dataset-distillation", "synthetic", "edge", "diffusers-edge"],
+        configs=[{"config_name": "default", "data_files": [{"split": SPLIT, "path": SHARD_GLOB}]}],
+        distillation=metadata,
+    )
+    table = "\n".join(f"| {key} | `{json.dumps(value)}` |" for key, value in metadata.items())
+    card = DatasetCard.from_template(
+        card_data,
+        template_str=_CARD_TEMPLATE,
+        pretty_name=pretty_name,
+        num_images=metadata.get("num_images", "?"),
+        captions_per_image=metadata.get("captions_per_image", "?"),
+        num_pairs=metadata.get("num_pairs", "?"),
+        repo_hint=metadata.get("hub_dataset_id") or "user/repo",
+        settings_table=table,
+    )
+    path = output_dir / CARD_NAME
+    card.save(path)
+    return path
+
+
+def _dataset_info(shards: list[Path]) -> dict[str, Any]:
+    """The card's `dataset_info`: features, row count and sizes.
+
+    Besides informing the Hub viewer, it keys `load_dataset`'s cache of a local folder: datasets 5.2 hashes the
+    card's `dataset_info` and `configs` (not the data files' times), so a set regenerated in the same folder with
+    the same card would otherwise be served from the stale cache. The byte sizes change with the content.
+    """
+    num_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    size = sum(p.stat().st_size for p in shards)
+    info = datasets.DatasetInfo(
+        features=DISTILLED_FEATURES,
+        splits=datasets.SplitDict({SPLIT: datasets.SplitInfo(SPLIT, num_bytes=size, num_examples=num_rows)}),
+        download_size=size,
+        dataset_size=size,
+    )
+    return info._to_yaml_dict()
+
+
+def read_card_metadata(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """The `distillation` metadata a distilled set's card records.
+
+    Example:
+        >>> read_card_metadata("flickr-edge-500")["selection"]
+        'random'
+    """
+    card = DatasetCard.load(Path(output_dir) / CARD_NAME)
+    return dict(card.data.to_dict().get("distillation") or {})
+
+
+def check_complete(output_dir: str | os.PathLike) -> list[Path]:
+    """Returns the shard paths of a finished distilled set, or raises `ValueError` saying what is missing.
+
+    Example:
+        >>> [p.name for p in check_complete("flickr-edge-500")]
+        ['train-00000-of-00001.parquet']
+    """
+    output_dir = Path(output_dir)
+    if not (output_dir / CARD_NAME).is_file():
+        raise ValueError(f"{str(output_dir)!r} has no {CARD_NAME}: it is not a finished distilled set.")
+    return _all_shards(output_dir)
+
+
+def _all_shards(output_dir: Path) -> list[Path]:
+    """The shard files of a folder, checked to be the complete `train-i-of-n` series."""
+    shards = sorted((output_dir / DATA_DIR).glob(f"{SPLIT}-*.parquet"))
+    if not shards:
+        raise ValueError(f"{str(output_dir)!r} has no {SHARD_GLOB} files.")
+    counts = {_SHARD_RE.match(p.name).group(2) for p in shards if _SHARD_RE.match(p.name)}
+    if len(counts) != 1 or len(shards) != int(counts.pop()):
+        names = [p.name for p in shards]
+        raise ValueError(f"{str(output_dir)!r} holds an incomplete or mixed set of shards: {names}.")
+    return shards
+
+
+# ----------------------------------------------------------------------------------------------------- builder
+
+
+@dataclass
+class DistilledConfig(datasets.BuilderConfig):
+    """Where a distilled set lies.
+
+    Attributes:
+        data_path: a distilled-set folder (our layout) or a flat EDGE/LoRS/BLIP JSON file.
+        image_root: the folder the JSON records' `image` paths are relative to (default: the JSON file's folder).
+    """
+
+    data_path: str | None = None
+    image_root: str | None = None
+
+
+class DistilledBuilder(datasets.GeneratorBasedBuilder):
+    """A `datasets` builder for distilled sets: our Parquet layout or the flat EDGE/LoRS/BLIP JSON form.
+
+    Both give the columns of `DISTILLED_FEATURES` (for JSON, pairs with the same `image_id` become one row whose
+    `captions` list keeps the file's order; `prompt`, `seed` and `source_image_id` are null).
+
+    Example:
+        >>> builder = DistilledBuilder(data_path="flickr-edge-500", cache_dir="cache")
+        >>> builder.download_and_prepare()
+        >>> distilled = builder.as_dataset(split="train")
+    """
+
+    BUILDER_CONFIG_CLASS = DistilledConfig
+    VERSION = datasets.Version("1.0.0")
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(
+            description="A distilled image-text set (EDGE, arXiv 2509.15472).", features=DISTILLED_FEATURES
+        )
+
+    def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:
+        if not self.config.data_path:
+            raise ValueError("DistilledBuilder needs data_path= (a distilled-set folder or a flat JSON file).")
+        path = Path(self.config.data_path)
+        if path.is_file() and path.suffix == ".json":
+            root = Path(self.config.image_root) if self.config.image_root else path.parent
+            kwargs = {"json_path": str(path), "image_root": str(root)}
+        elif path.is_dir():
+            kwargs = {"shards": [str(p) for p in check_complete(path)]}
+        else:
+            raise ValueError(f"{str(path)!r} is neither a distilled-set folder nor a .json file.")
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs=kwargs)]
+
+    def _generate_examples(
+        self, shards: list[str] | None = None, json_path: str | None = None, image_root: str | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        if shards is not None:
+            yield from _parquet_rows(shards)
+        else:
+            yield from _flat_json_rows(Path(json_path), Path(image_root))
+
+
+def _parquet_rows(shards: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for shard in shards:
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=64):
+            for row in batch.to_pylist():
+                key = f"{Path(shard).name}:{row[IMAGE_ID_COLUMN]}"
+                yield key, {name: row.get(name) for name in DISTILLED_FEATURES}
+
+
+def _flat_json_rows(json_path: Path, image_root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    records = json.loads(json_path.read_text(encoding="utf-8"))
+    if not isinstance(records, list):
+        raise ValueError(f"{str(json_path)!r} must hold a JSON list of {{image, caption, image_id}} records.")
+    grouped: dict[str, dict[str, Any]] = {}
+    for i, record in enumerate(records):
+        where = f"{json_path.name} record {i}"
+        if not isinstance(record, dict) or "image" not in record or "caption" not in record:
+            raise ValueError(f"{where} needs 'image' and 'caption' fields, got {record!r}.")
+        captions = record["caption"] if isinstance(record["caption"], list) else [record["caption"]]
+        captions = check_captions(captions, record=where)
+        image_id = str(record.get("image_id", record["image"]))
+        image = (image_root / record["image"]).resolve()
+        row = grouped.setdefault(image_id, {"image": image, "captions": [], "where": where})
+        if row["image"] != image:
+            raise ValueError(f"{where}: image_id {image_id!r} names {str(image)!r} but earlier {str(row['image'])!r}.")
+        row["captions"].extend(captions)
+    for image_id, row in grouped.items():
+        if not row["image"].is_file():
+            raise FileNotFoundError(f"{row['where']}: image file {str(row['image'])!r} does not exist.")
+        yield image_id, {
+            IMAGE_COLUMN: str(row["image"]),
+            CAPTIONS_COLUMN: row["captions"],
+            IMAGE_ID_COLUMN: image_id,
+            PROMPT_COLUMN: None,
+            SEED_COLUMN: None,
+            SOURCE_IMAGE_ID_COLUMN: None,
+        }
+
+
+# ----------------------------------------------------------------------------------------- loading and exports
+
+
+def load_distilled(
+    path_or_repo: str | os.PathLike,
+    split: str = SPLIT,
+    image_root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    **load_kwargs: Any,
+) -> datasets.Dataset:
+    """Loads a distilled set: a local folder in our layout, a flat EDGE/LoRS/BLIP JSON file, or a Hub repo id.
+
+    Args:
+        path_or_repo: the folder, the `.json` file, or `"user/repo"` (read with `datasets.load_dataset`).
+        split: the split of a Hub repository (our sets have only `train`).
+        image_root: for a JSON file, the folder its image paths are relative to.
+        cache_dir: where `datasets` keeps its Arrow cache.
+        **load_kwargs: passed to `datasets.load_dataset` for a Hub repository (e.g. `revision`, `token`).
+
+    Returns:
+        A `datasets.Dataset` with the columns of `DISTILLED_FEATURES`.
+
+    Example:
+        >>> distilled = load_distilled("me/flickr30k-edge-500")
+        >>> distilled[0]["captions"]
+    """
+    path = Path(path_or_repo)
+    if path.exists():
+        builder = DistilledBuilder(
+            data_path=str(path.resolve()),
+            image_root=str(Path(image_root).resolve()) if image_root else None,
+            cache_dir=str(cache_dir) if cache_dir else None,
+        )
+        builder.download_and_prepare()
+        return builder.as_dataset(split=datasets.Split.TRAIN)
+    return datasets.load_dataset(str(path_or_repo), split=split, cache_dir=cache_dir, **load_kwargs)
+
+
+def _check_distilled_columns(dataset: datasets.Dataset) -> None:
+    missing = [c for c in (IMAGE_COLUMN, CAPTIONS_COLUMN, IMAGE_ID_COLUMN) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"The dataset lacks column(s) {missing} (found {dataset.column_names}).")
+
+
+def to_flat_pairs(dataset: datasets.Dataset) -> datasets.Dataset:
+    """One row per (image, caption) pair: columns `image`, `caption`, `image_id` (images are not re-encoded).
+
+    A set of N/2 images with two captions each becomes N rows: the form LoRS/BLIP-style tools expect.
+
+    Example:
+        >>> pairs = to_flat_pairs(distilled)
+        >>> pairs.num_rows == sum(len(c) for c in distilled["captions"])
+        True
+    """
+    _check_distilled_columns(dataset)
+    raw = dataset.select_columns([IMAGE_COLUMN, CAPTIONS_COLUMN, IMAGE_ID_COLUMN])
+    raw = raw.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+
+    def expand(batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {IMAGE_COLUMN: [], "caption": [], IMAGE_ID_COLUMN: []}
+        for image, captions, image_id in zip(batch[IMAGE_COLUMN], batch[CAPTIONS_COLUMN], batch[IMAGE_ID_COLUMN]):
+            for caption in check_captions(captions, record=f"image_id={image_id!r}"):
+                out[IMAGE_COLUMN].append(image)
+                out["caption"].append(caption)
+                out[IMAGE_ID_COLUMN].append(image_id)
+        return out
+
+    features = datasets.Features(
+        {
+            IMAGE_COLUMN: datasets.Image(decode=False),
+            "caption": datasets.Value("string"),
+            IMAGE_ID_COLUMN: datasets.Value("string"),
+        }
+    )
+    flat = raw.map(expand, batched=True, remove_columns=raw.column_names, features=features)
+    return flat.cast_column(IMAGE_COLUMN, datasets.Image())
+
+
+def _image_bytes(value: dict[str, Any]) -> bytes:
+    if value.get("bytes"):
+        return value["bytes"]
+    return Path(value["path"]).read_bytes()
+
+
+def _image_suffix(data: bytes) -> str:
+    with PIL.Image.open(io.BytesIO(data)) as image:
+        return "." + (image.format or "png").lower().replace("jpeg", "jpg")
+
+
+def export_blip_json(
+    dataset: datasets.Dataset,
+    output_dir: str | os.PathLike,
+    json_name: str = "train.json",
+    image_folder: str = "images",
+) -> Path:
+    """Writes the flat EDGE/LoRS/BLIP JSON form: `json_name` with one record per pair + an image folder.
+
+    Records are `{"image": "images/000000.png", "caption": str, "image_id": int}` with paths relative to
+    `output_dir` (pass it as the image root of the evaluation code) and `image_id` the row index, as the BLIP
+    `re_train_dataset` expects. Image files keep their stored bytes (PNG for our sets). Each image is written once.
+
+    Returns:
+        The JSON file's path.
+
+    Example:
+        >>> export_blip_json(load_distilled("flickr-edge-500"), "flickr-edge-500-blip")
+        PosixPath('flickr-edge-500-blip/train.json')
+    """
+    _check_distilled_columns(dataset)
+    output_dir = Path(output_dir)
+    (output_dir / image_folder).mkdir(parents=True, exist_ok=True)
+    raw = dataset.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+    records = []
+    for index, row in enumerate(raw.select_columns([IMAGE_COLUMN, CAPTIONS_COLUMN, IMAGE_ID_COLUMN])):
+        data = _image_bytes(row[IMAGE_COLUMN])
+        relative = f"{image_folder}/{index:06d}{_image_suffix(data)}"
+        (output_dir / relative).write_bytes(data)
+        for caption in check_captions(row[CAPTIONS_COLUMN], record=f"row {index} (image_id={row[IMAGE_ID_COLUMN]!r})"):
+            records.append({"image": relative, "caption": caption, "image_id": index})
+    path = output_dir / json_name
+    path.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    return path
+
+
+def push_distilled(
+    path: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    api: HfApi | None = None,
+    commit_message: str = "Upload distilled set (diffusers-edge)",
+) -> str:
+    """Pushes a finished distilled-set folder to a Hub dataset repository: the card and the Parquet shards.
+
+    The folder already is the Hub layout, so this uploads `README.md` and `data/*.parquet` as they are (the
+    local manifest and plan stay local); afterwards `datasets.load_dataset(repo_id)` reads the set.
+
+    Args:
+        path: the folder `EDGEPipeline.distill` wrote.
+        repo_id: `"user/name"` of the dataset repository (created if missing).
+        private: create the repository private.
+        token: a Hub token (default: the logged-in one).
+        api: an `HfApi` to use (default: `HfApi(token=token)`).
+        commit_message: the commit message.
+
+    Returns:
+        The repository's URL.
+
+    Example:
+        >>> push_distilled("flickr-edge-500", "me/flickr30k-edge-500", private=True)
+        'https://huggingface.co/datasets/me/flickr30k-edge-500'
+    """
+    check_complete(path)
+    api = api or HfApi(token=token)
+    repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    api.upload_folder(
+        folder_path=str(path),
+        repo_id=repo_id,
+        repo_type="dataset",
+        allow_patterns=[CARD_NAME, SHARD_GLOB],
+        commit_message=commit_message,
+    )
+    return str(repo_url)
