@@ -232,3 +232,25 @@ def test_first_sentence_and_seed_derivation():
     assert first_sentence("What is it? A star.") == "What is it?"
     assert derive_seed(5, 0, 1) == derive_seed(5, 0, 1)
     assert len({derive_seed(5, k, a) for k in range(3) for a in range(3)} | {derive_seed(6, 0, 0)}) == 10
+
+
+def test_blip_processor_path(tmp_path):
+    """BLIP (the documented default captioner family) loads through AutoProcessor and captions without a prompt."""
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    from diffusers_edge.tokenization import build_bert_tokenizer
+
+    tokenizer = build_bert_tokenizer(WORDS)
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})  # BLIP's decoder starts from [DEC]
+    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    text = {"vocab_size": len(tokenizer), "encoder_hidden_size": 32, "max_position_embeddings": 32, **tiny}
+    text |= {"bos_token_id": tokenizer.bos_token_id, "pad_token_id": 0, "sep_token_id": tokenizer.sep_token_id}
+    config = BlipConfig(text_config=text, vision_config={"image_size": 32, "patch_size": 8, **tiny})
+    BlipForConditionalGeneration(config).save_pretrained(tmp_path)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp_path)
+    captioner = Captioner.from_pretrained(tmp_path, **FAST)
+    assert (captioner.mode, type(captioner.processor).__name__) == ("image-to-text", "BlipProcessor")
+    out = captioner(_images(2), PROMPTS[:2], 2, [1, 2])
+    _assert_well_formed(out, 2, 2, PROMPTS[:2])
+    assert captioner(_images(2)[1:], PROMPTS[1:2], 2, [2]) == out[1:]

@@ -436,16 +436,18 @@ class Captioner:
         processors = LogitsProcessorList()
         if sample:
             processors.append(SeededRowSampler(seeds, self.temperature, self.top_k, self.top_p))
-        config = self._generation_config()
-        output = self.model.generate(**inputs, generation_config=config, logits_processor=processors)
+        config, model_kwargs = self._generation_config()
+        output = self.model.generate(**inputs, **model_kwargs, generation_config=config, logits_processor=processors)
         if self.mode != "image-to-text" and not self.model.config.is_encoder_decoder:
             output = output[:, inputs["input_ids"].shape[1] :]  # drop the echoed prompt
         texts = [first_sentence(t) for t in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
         return [self.postprocess(t).strip() if self.postprocess else t for t in texts]
 
-    def _generation_config(self) -> GenerationConfig:
+    def _generation_config(self) -> tuple[GenerationConfig, dict[str, Any]]:
+        """The model's generation config made greedy (sampling is SeededRowSampler's), plus the kwargs it does not
+        know, which go to the model's forward."""
         config = copy.deepcopy(self.model.generation_config)
-        config.update(
+        model_kwargs = config.update(
             do_sample=False,
             num_beams=1,
             num_return_sequences=1,
@@ -457,7 +459,7 @@ class Captioner:
         )
         if config.pad_token_id is None:
             config.pad_token_id = self.tokenizer.pad_token_id
-        return config
+        return config, model_kwargs
 
     def _inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, torch.Tensor]:
         texts = [self.prompt.replace("{caption}", p) for p in prompts]
