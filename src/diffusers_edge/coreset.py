@@ -63,7 +63,7 @@ def herding(embeddings: torch.Tensor, num: int) -> list[int]:
 
     Example:
         >>> herding(torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0], [10.0, 1.0]]), 3)
-        [1, 2, 0]
+        [1, 2, 3]
     """
     points = embeddings.double()
     if not 1 <= num <= len(points):
