@@ -159,7 +159,7 @@ def test_always_empty_item_raises_with_its_index_and_prompt(captioner_dir, monke
 
 def test_mode_detection(captioner, tmp_path):
     assert detect_mode(captioner.model) == "image-to-text"
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=16))
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, bos_token_id=0, eos_token_id=0))
     assert detect_mode(gpt2) == "paraphrase"
     bert = BertModel(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2))
     with pytest.raises(ValueError, match="Cannot tell how to caption with a BertModel"):

@@ -81,7 +81,8 @@ def detect_mode(model: PreTrainedModel) -> str:
 
     Example:
         >>> from transformers import GPT2Config, GPT2LMHeadModel
-        >>> detect_mode(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10)))
+        >>> config = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10, bos_token_id=0, eos_token_id=0)
+        >>> detect_mode(GPT2LMHeadModel(config))
         'paraphrase'
     """
     from transformers.models.auto.modeling_auto import (
