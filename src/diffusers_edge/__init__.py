@@ -28,6 +28,7 @@ _LAZY_NAMES: dict[str, str] = {
     "caption_vocabulary": "diffusers_edge.data.shapes",
     "parse_caption": "diffusers_edge.data.shapes",
     "ShapeObject": "diffusers_edge.data.shapes",
+    "Captioner": "diffusers_edge.captioning",
     "build_clip_tokenizer": "diffusers_edge.tokenization",
     "build_bert_tokenizer": "diffusers_edge.tokenization",
 }
@@ -48,6 +49,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .captioning import Captioner
     from .data.format import NORMALIZED_FEATURES, validate_normalized
     from .data.shapes import (
         CaptionedShapes,
