@@ -44,6 +44,7 @@ import numpy as np
 import PIL.Image
 import torch
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging
 from tqdm.auto import tqdm
@@ -174,6 +175,12 @@ def _check_captions_out(out: Any, prompts: list[str], indices: list[int], num: i
         if len(check_captions(captions, record=f"captioner output for {record}")) != num:
             raise ValueError(f"The captioner returned {len(captions)} captions for {record}; expected {num}.")
     return out
+
+
+def _process_state() -> PartialState:
+    """accelerate's process state. A plain `PartialState()` ignores `ACCELERATE_USE_CPU` (only `Accelerator` reads
+    it), so under `ACCELERATE_USE_CPU=true torchrun --nproc_per_node P` it would see one process; pass it on."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 class EDGEPipeline(StableDiffusionPipeline):
@@ -353,7 +360,7 @@ class EDGEPipeline(StableDiffusionPipeline):
             else None,
         }
         output_dir = Path(output_dir)
-        state = PartialState()
+        state = _process_state()
         plan = self._prepare_output(output_dir, manifest, resume, state, captions, owners, selection)
         num_shards = math.ceil(num_images / shard_size)
         todo = sorted(set(range(num_shards)) - layout.finished_shards(output_dir, num_shards))

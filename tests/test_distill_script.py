@@ -1,0 +1,96 @@
+"""The distill command: in-process flags, and examples/distill.py on one process versus two (torchrun + gloo)."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusers_edge.commands.distill import main, parse_args
+from diffusers_edge.data.distilled import MANIFEST_NAME, load_distilled
+from diffusers_edge.testing import save_tiny_captioner, save_tiny_clip, save_tiny_stable_diffusion
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "distill.py"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sd_path(tmp_path_factory):
+    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd"))
+
+
+def common_flags(sd_path, output_dir, num_pairs, cpi=1):
+    return [
+        "--pretrained_model_name_or_path", str(sd_path), "--source", "shapes", "--shapes_num_train", "12",
+        "--num_pairs", str(num_pairs), "--captions_per_image", str(cpi), "--output_dir", str(output_dir),
+        "--num_inference_steps", "2", "--batch_size", "2", "--shard_size", "2", "--seed", "5",
+    ]  # fmt: skip
+
+
+def test_flags_defaults_and_errors():
+    required = ["--pretrained_model_name_or_path", "sd", "--source", "s", "--num_pairs", "4", "--output_dir", "o"]
+    args = parse_args(required)
+    assert (args.captions_per_image, args.selection, args.guidance_scale) == (2, "random", 7.5)
+    assert args.num_inference_steps == 50 and args.batch_size == 8 and args.shard_size == 64
+    assert args.clip_model == "openai/clip-vit-base-patch32" and args.captioner is None and not args.push_to_hub
+    with pytest.raises(SystemExit):
+        parse_args([*required, "--push_to_hub"])
+    with pytest.raises(SystemExit):
+        parse_args([*required, "--selection", "farthest"])
+
+
+def test_main_in_process_with_kcenter_and_a_captioner(sd_path, tmp_path, capsys):
+    clip = save_tiny_clip(tmp_path / "clip")
+    captioner = save_tiny_captioner(tmp_path / "captioner")
+    flags = common_flags(sd_path, tmp_path / "out", num_pairs=6, cpi=2)
+    flags += ["--selection", "kcenter", "--clip_model", str(clip), "--captioner", str(captioner)]
+    assert main(flags) == 0
+    assert "3 images, 6 pairs" in capsys.readouterr().out
+    distilled = load_distilled(tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert distilled.num_rows == 3 and all(len(c) == 2 and all(x.strip() for x in c) for c in distilled["captions"])
+    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    assert manifest["selection"] == "kcenter" and manifest["clip_model"] == str(clip)
+    assert manifest["captioner"]["mode"] == "image-to-text"
+    # re-running the finished command is a no-op that returns the same set; other flags are refused by name
+    assert main(flags) == 0
+    with pytest.raises(ValueError, match="num_inference_steps=2, but this call has num_inference_steps=3"):
+        main([*flags, "--num_inference_steps", "3"])
+
+
+def _run(command, env_extra, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env_extra}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_set_as_one(sd_path, tmp_path):
+    torchrun = shutil.which("torchrun")
+    assert torchrun is not None, "torchrun (installed with torch) is needed for the multi-process check"
+    one = tmp_path / "one"  # the one-process reference runs here, single-threaded like the torchrun workers
+    assert main(common_flags(sd_path, one, num_pairs=5)) == 0
+    two = tmp_path / "two"
+    result = _run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(SCRIPT), *common_flags(sd_path, two, 5)],
+        {"ACCELERATE_USE_CPU": "true"},
+        tmp_path,
+    )
+    assert result.stdout.count("5 images, 5 pairs") == 1  # only the main process reports
+    one_shards = sorted((one / "data").glob("*.parquet"))
+    two_shards = sorted((two / "data").glob("*.parquet"))
+    assert [p.name for p in one_shards] == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    assert [p.name for p in two_shards] == [p.name for p in one_shards]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one_shards, two_shards))
+    assert json.loads((one / MANIFEST_NAME).read_text()) == json.loads((two / MANIFEST_NAME).read_text())
