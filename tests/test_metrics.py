@@ -279,3 +279,12 @@ def test_evaluate_class_import_and_errors():
         metric.compute(predictions=[[0.9, 0.2], [0.1]], references=[0, 1])
     with pytest.raises(ValueError, match="image 1 has no text"):
         metric.compute(predictions=[[0.9, 0.2], [0.1, 0.7]], references=[0, 0])
+
+
+def test_half_and_integer_scores_match_float64():
+    rng = np.random.default_rng(13)
+    t2i = uneven(20, 14)
+    sim = rng.integers(-40, 40, (20, len(t2i)))  # exactly representable in float16
+    expected = retrieval_recall(sim.astype(np.float64), t2i, KS)
+    assert retrieval_recall(sim, t2i, KS) == expected
+    assert retrieval_recall(torch.from_numpy(sim).half() * 100, t2i, KS) == expected  # sums exceed 65504

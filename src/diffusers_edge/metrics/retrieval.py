@@ -375,7 +375,9 @@ def _as_embeddings(embeds: ArrayLike, name: str) -> torch.Tensor:
 
 def _check_finite(block: torch.Tensor, start: int, name: str) -> None:
     """Raise on the first NaN/inf in ``block`` (rows offset by ``start``); one cheap reduction when all is well."""
-    if torch.isfinite(block.sum()):
+    # a finite half-precision block can sum past 65504: accumulate those in float32
+    wide = torch.float32 if block.dtype in (torch.float16, torch.bfloat16) else None
+    if torch.isfinite(block.sum(dtype=wide)):
         return
     bad = torch.nonzero(~torch.isfinite(block))
     if len(bad):
