@@ -328,7 +328,7 @@ class DistilledBuilder(datasets.GeneratorBasedBuilder):
         path = Path(self.config.data_path)
         if path.is_file() and path.suffix == ".json":
             root = Path(self.config.image_root) if self.config.image_root else path.parent
-            kwargs = {"json_path": str(path), "image_root": str(root)}
+            kwargs = {"json_rows": _flat_json_rows(path, root)}  # read eagerly: errors reach the caller as they are
         elif path.is_dir():
             kwargs = {"shards": [str(p) for p in check_complete(path)]}
         else:
@@ -336,12 +336,12 @@ class DistilledBuilder(datasets.GeneratorBasedBuilder):
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs=kwargs)]
 
     def _generate_examples(
-        self, shards: list[str] | None = None, json_path: str | None = None, image_root: str | None = None
+        self, shards: list[str] | None = None, json_rows: list[dict[str, Any]] | None = None
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         if shards is not None:
             yield from _parquet_rows(shards)
         else:
-            yield from _flat_json_rows(Path(json_path), Path(image_root))
+            yield from ((row[IMAGE_ID_COLUMN], row) for row in json_rows)
 
 
 def _parquet_rows(shards: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -352,7 +352,8 @@ def _parquet_rows(shards: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield key, {name: row.get(name) for name in DISTILLED_FEATURES}
 
 
-def _flat_json_rows(json_path: Path, image_root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _flat_json_rows(json_path: Path, image_root: Path) -> list[dict[str, Any]]:
+    """The records of a flat JSON file grouped into one row per image (first-seen order), checked."""
     records = json.loads(json_path.read_text(encoding="utf-8"))
     if not isinstance(records, list):
         raise ValueError(f"{str(json_path)!r} must hold a JSON list of {{image, caption, image_id}} records.")
@@ -369,17 +370,19 @@ def _flat_json_rows(json_path: Path, image_root: Path) -> Iterator[tuple[str, di
         if row["image"] != image:
             raise ValueError(f"{where}: image_id {image_id!r} names {str(image)!r} but earlier {str(row['image'])!r}.")
         row["captions"].extend(captions)
+    out = []
     for image_id, row in grouped.items():
         if not row["image"].is_file():
             raise FileNotFoundError(f"{row['where']}: image file {str(row['image'])!r} does not exist.")
-        yield image_id, {
+        out.append({
             IMAGE_COLUMN: str(row["image"]),
             CAPTIONS_COLUMN: row["captions"],
             IMAGE_ID_COLUMN: image_id,
             PROMPT_COLUMN: None,
             SEED_COLUMN: None,
             SOURCE_IMAGE_ID_COLUMN: None,
-        }
+        })
+    return out
 
 
 # ----------------------------------------------------------------------------------------- loading and exports
@@ -415,7 +418,8 @@ def load_distilled(
             image_root=str(Path(image_root).resolve()) if image_root else None,
             cache_dir=str(cache_dir) if cache_dir else None,
         )
-        builder.download_and_prepare()
+        # rebuilt on every call: the builder's cache key is the path, and a folder or file can be regenerated in place
+        builder.download_and_prepare(download_mode="force_redownload")
         return builder.as_dataset(split=datasets.Split.TRAIN)
     return datasets.load_dataset(str(path_or_repo), split=split, cache_dir=cache_dir, **load_kwargs)
 
