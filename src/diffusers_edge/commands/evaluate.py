@@ -50,9 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--forgetting_epochs", type=int, default=20, help="length of the forgetting proxy run")
     parser.add_argument("--train_source", default=SHAPES, help="real pairs for baselines (`shapes` = embedded)")
-    parser.add_argument("--train_split", default="train")
+    parser.add_argument("--train_split", default="train", help='split of --train_source ("" for a single Dataset)')
     parser.add_argument("--test_source", default=SHAPES, help="test pairs (`shapes` = the embedded test split)")
-    parser.add_argument("--test_split", default="test")
+    parser.add_argument("--test_split", default="test", help='split of --test_source ("" for a single Dataset)')
+    parser.add_argument(
+        "--split_column",
+        default=None,
+        help="for sources keeping every split in one table (e.g. nlphuji/flickr30k): the column whose value must "
+        "equal --train_split / --test_split",
+    )
     parser.add_argument("--shapes_config", default="one_object", help="captioned-shapes configuration")
     parser.add_argument("--shapes_seed", type=int, default=0, help="seed of the captioned-shapes data")
     parser.add_argument("--shapes_num_train", type=int, default=5000)
@@ -112,7 +118,9 @@ def load_split(source: str, split: str, args: argparse.Namespace) -> datasets.Da
         return shapes[split]
     from ..data.sources import load_source
 
-    return load_source(source, split=split)
+    if args.split_column is not None:
+        return load_source(source, split_column=args.split_column, split_value=split)
+    return load_source(source, split=split or None)  # "" = a source with one split (e.g. a saved Dataset)
 
 
 def training_set(args: argparse.Namespace) -> tuple[str, datasets.Dataset | Callable[[int], datasets.Dataset]]:
