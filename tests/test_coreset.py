@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from diffusers_edge.coreset import (
-    clip_embeddings,
     count_forgetting_events,
+    embed_pool,
     forgetting_scores,
     herding,
     select_coreset,
@@ -107,15 +107,20 @@ def test_random_changes_with_the_seed(pool):
 
 @pytest.mark.parametrize("space", ["image", "text", "joint"])
 def test_herding_and_kcenter_use_the_stated_embedding_space(pool, clip_path, space):
-    captions = select_coreset(pool, "random", pool.num_rows, seed=2)  # the same seeded caption choice
-    by_id = dict(zip(captions["image_id"], captions["captions"]))
-    image, text = clip_embeddings(pool, [by_id[i] for i in pool["image_id"]], clip_path)
+    # the captions select_coreset keeps with seed 2 (the same seeded draw for every method)
+    drawn = select_coreset(pool, "random", pool.num_rows, seed=2)
+    chosen = dict(zip(drawn["image_id"], drawn["captions"]))
+    kept = [[row.index(chosen[i][0])] for i, row in zip(pool["image_id"], pool["captions"])]
+    embeddings = embed_pool(pool, clip_path)
+    image, text = embeddings.image, embeddings.text(kept)
+    torch.testing.assert_close(text[0], embeddings.captions[0][kept[0][0]])
     torch.testing.assert_close(image.norm(dim=1), torch.ones(len(image)))
-    torch.testing.assert_close(text.norm(dim=1), torch.ones(len(text)))
     points = {"image": image, "text": text, "joint": torch.cat([image, text], 1)}[space]
     for method, picks in (("herding", herding(points, 6)), ("kcenter", kcenter_greedy(points, 6, seed=2))):
         coreset = select_coreset(pool, method, 6, space=space, clip_model=clip_path, seed=2)
         assert coreset["image_id"] == [pool["image_id"][i] for i in picks]
+        reused = select_coreset(pool, method, 6, space=space, seed=2, embeddings=embeddings, clip_model="/nonexistent")
+        assert reused["image_id"] == coreset["image_id"]
 
 
 def test_full_and_bad_input(pool, clip_path):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -161,42 +162,52 @@ def _load_clip(clip_model: str | Path, device: str):
     return model, CLIPProcessor.from_pretrained(str(clip_model))
 
 
+@dataclass
+class PoolEmbeddings:
+    """CLIP embeddings of a pool, computed once and reused by every seed's selection.
+
+    Attributes:
+        image: `[rows, d]` L2-normalised image embeddings (`None` when not computed).
+        captions: per row, `[captions, d]` L2-normalised embeddings of every caption of that row.
+    """
+
+    image: torch.Tensor | None
+    captions: list[torch.Tensor]
+
+    def text(self, kept: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Per row: the L2-normalised mean of the embeddings of the captions at positions `kept[row]`."""
+        return F.normalize(torch.stack([self.captions[row][list(k)].mean(0) for row, k in enumerate(kept)]), dim=-1)
+
+
 @torch.inference_mode()
-def clip_embeddings(
+def embed_pool(
     dataset: datasets.Dataset,
-    captions: Sequence[Sequence[str]],
     clip_model: str | Path = DEFAULT_CLIP_MODEL,
     device: str | None = None,
     batch_size: int = 256,
     need_images: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """L2-normalised CLIP image embeddings of `dataset`'s images and per-image text embeddings of `captions`.
-
-    The text embedding of an image is the L2-normalised mean of the L2-normalised embeddings of its captions.
+) -> PoolEmbeddings:
+    """CLIP embeddings of every image and every caption of a normalized dataset (float32, CPU).
 
     Args:
-        dataset: a normalized dataset (its `image` column is read).
-        captions: for each row, the captions to embed.
+        dataset: the pool.
         clip_model: a `CLIPModel` id or folder (with its `CLIPProcessor`).
         device: where CLIP runs (default: CUDA when available).
         batch_size: images or texts per forward pass.
-        need_images: `False` skips the image side (returns `None` for it).
-
-    Returns:
-        (`[rows, d]` image embeddings or `None`, `[rows, d]` text embeddings), float32 on the CPU.
+        need_images: `False` skips the image side (for herding / k-center in the `text` space).
 
     Example:
-        >>> images, texts = clip_embeddings(train, [c[:1] for c in train["captions"]], "openai/clip-vit-base-patch32")
+        >>> embeddings = embed_pool(train, "openai/clip-vit-base-patch32")
+        >>> embeddings.image.shape, embeddings.captions[0].shape
+        (torch.Size([29000, 512]), torch.Size([5, 512]))
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = _load_clip(clip_model, device)
-    flat = [caption for row in captions for caption in row]
-    owner = torch.tensor([row for row, caps in enumerate(captions) for _ in caps])
-    flat_embeds = embed_captions(flat, model, processor, batch_size=batch_size)
-    text = torch.zeros(len(captions), flat_embeds.shape[1]).index_add_(0, owner, flat_embeds)
-    text = F.normalize(text, dim=-1)
+    captions = [list(c) for c in dataset[CAPTIONS_COLUMN]]
+    flat = embed_captions([c for row in captions for c in row], model, processor, batch_size=batch_size)
+    per_row = list(flat.split([len(row) for row in captions]))
     if not need_images:
-        return None, text
+        return PoolEmbeddings(None, per_row)
     images = dataset.select_columns([IMAGE_COLUMN])
     chunks = []
     for start in range(0, dataset.num_rows, batch_size):
@@ -205,44 +216,44 @@ def clip_embeddings(
         if not isinstance(features, torch.Tensor):  # transformers 5 returns a model output
             features = features.pooler_output
         chunks.append(F.normalize(features.float(), dim=-1).cpu())
-    return torch.cat(chunks), text
+    return PoolEmbeddings(torch.cat(chunks), per_row)
 
 
-def _kept_captions(captions: list[list[str]], captions_per_image: int | None, seed: int) -> list[list[str]]:
+def _kept_positions(counts: list[int], captions_per_image: int | None, seed: int) -> list[list[int]]:
+    """Per row, the positions of the captions kept (all, or `captions_per_image` drawn with the seed, in order)."""
     if captions_per_image is None:
-        return captions
+        return [list(range(n)) for n in counts]
     if captions_per_image < 1:
         raise ValueError(f"captions_per_image must be >= 1 or None (all), got {captions_per_image}.")
     rng = np.random.default_rng(seed)
     kept = []
-    for row in captions:
-        if len(row) <= captions_per_image:
-            kept.append(list(row))
+    for n in counts:
+        if n <= captions_per_image:
+            kept.append(list(range(n)))
         else:
-            picks = sorted(rng.choice(len(row), size=captions_per_image, replace=False).tolist())
-            kept.append([row[i] for i in picks])
+            kept.append(sorted(rng.choice(n, size=captions_per_image, replace=False).tolist()))
     return kept
 
 
 def _order(
     method: str,
-    dataset: datasets.Dataset,
-    captions: list[list[str]],
+    num_rows: int,
+    kept: list[list[int]],
     num_images: int,
     space: str,
-    clip_model: str | Path,
+    embeddings: PoolEmbeddings | None,
     seed: int,
-    device: str | None,
     forgetting_epochs: int,
 ) -> list[int]:
     """The first `num_images` (at least) rows in the order `method` picks them."""
     if method == "random":
-        return np.random.default_rng(seed).permutation(dataset.num_rows).tolist()
-    need_images = method == "forgetting" or space != "text"
-    image, text = clip_embeddings(dataset, captions, clip_model, device=device, need_images=need_images)
+        return np.random.default_rng(seed).permutation(num_rows).tolist()
+    image, text = embeddings.image, embeddings.text(kept)
+    if image is None and (method == "forgetting" or space != "text"):
+        raise ValueError(f"{method} in the {space!r} space needs image embeddings; embed_pool(need_images=True).")
     if method == "forgetting":
         scores = forgetting_scores(image, text, epochs=forgetting_epochs, seed=seed)
-        tie_break = np.random.default_rng(seed).permutation(dataset.num_rows)
+        tie_break = np.random.default_rng(seed).permutation(num_rows)
         return sorted(tie_break.tolist(), key=lambda row: -scores[row])  # stable: ties keep the seeded order
     points = {"image": image, "text": text}.get(space)
     if points is None:
@@ -263,6 +274,7 @@ def select_coreset(
     seed: int = 0,
     device: str | None = None,
     forgetting_epochs: int = 20,
+    embeddings: PoolEmbeddings | None = None,
 ) -> datasets.Dataset:
     """A coreset of real pairs with exactly `num_pairs` (image, caption) pairs, in the normalized form.
 
@@ -277,6 +289,8 @@ def select_coreset(
         seed: seeds caption choice, the random order, k-center's first point and the forgetting run.
         device: where CLIP runs.
         forgetting_epochs: length of the forgetting proxy run.
+        embeddings: the pool's `embed_pool` result, to reuse across seeds (default: computed here with
+            `clip_model`; never computed for `random`).
 
     Returns:
         The selected rows in the method's order, their `captions` replaced by the kept captions.
@@ -299,8 +313,9 @@ def select_coreset(
     validate_normalized(dataset, name="the coreset pool")
     if method == "full":
         return dataset
-    captions = _kept_captions([list(c) for c in dataset[CAPTIONS_COLUMN]], captions_per_image, seed)
-    counts = [len(c) for c in captions]
+    captions = [list(c) for c in dataset[CAPTIONS_COLUMN]]
+    positions = _kept_positions([len(c) for c in captions], captions_per_image, seed)
+    counts = [len(p) for p in positions]
     if num_pairs is None or num_pairs < 1:
         raise ValueError(f"num_pairs must be a positive number of (image, caption) pairs, got {num_pairs!r}.")
     if num_pairs > sum(counts):
@@ -309,10 +324,13 @@ def select_coreset(
             f"captions_per_image={captions_per_image} give {sum(counts)} pairs."
         )
     num_images = min(dataset.num_rows, math.ceil(num_pairs / min(counts)))
-    order = _order(method, dataset, captions, num_images, space, clip_model, seed, device, forgetting_epochs)
+    if method != "random" and embeddings is None:
+        need_images = method == "forgetting" or space != "text"
+        embeddings = embed_pool(dataset, clip_model, device=device, need_images=need_images)
+    order = _order(method, dataset.num_rows, positions, num_images, space, embeddings, seed, forgetting_epochs)
     rows, kept, total = [], [], 0
     for row in order:
-        take = captions[row][: num_pairs - total]
+        take = [captions[row][p] for p in positions[row][: num_pairs - total]]
         rows.append(row)
         kept.append(take)
         total += len(take)

@@ -130,7 +130,7 @@ def training_set(args: argparse.Namespace) -> tuple[str, datasets.Dataset | Call
 
         distilled = load_source(args.distilled, split=args.distilled_split)
         return args.label or str(args.distilled), distilled
-    from ..coreset import select_coreset
+    from ..coreset import embed_pool, select_coreset
 
     if args.baseline != "full" and args.num_pairs is None:
         raise ValueError(f"--baseline {args.baseline} needs --num_pairs (the budget in image-caption pairs).")
@@ -139,6 +139,10 @@ def training_set(args: argparse.Namespace) -> tuple[str, datasets.Dataset | Call
     if args.baseline == "full":
         return args.label or "full train split", select_coreset(pool, "full")
     label = args.label or f"{args.baseline} {args.num_pairs}"
+    embeddings = None
+    if args.baseline != "random":  # computed once, shared by every seed's draw
+        need_images = args.baseline == "forgetting" or args.space != "text"
+        embeddings = embed_pool(pool, args.clip_model, device=args.device, need_images=need_images)
 
     def draw(seed: int) -> datasets.Dataset:
         return select_coreset(
@@ -151,6 +155,7 @@ def training_set(args: argparse.Namespace) -> tuple[str, datasets.Dataset | Call
             seed=seed if args.coreset_seed is None else args.coreset_seed,
             device=args.device,
             forgetting_epochs=args.forgetting_epochs,
+            embeddings=embeddings,
         )
 
     if args.coreset_seed is not None:
