@@ -277,8 +277,8 @@ def test_bad_flags_fail_early(tiny_sd, tiny_clip, tmp_path):
     assert resolve_checkpoint("latest", tmp_path) is None
     with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint"):
         train(_args(tiny_sd, tiny_clip, tmp_path / "out", "--resume_from_checkpoint", "nowhere"), _dataset())
-    with pytest.raises(ValueError, match="--resolution 30 is not divisible by 4"):
-        train(_args(tiny_sd, tiny_clip, tmp_path / "out", "--resolution", "30"), _dataset())
+    with pytest.raises(ValueError, match="--resolution 31 is not divisible by the VAE's downsampling factor 2"):
+        train(_args(tiny_sd, tiny_clip, tmp_path / "out", "--resolution", "31"), _dataset())
 
 
 def test_difffit_file_round_trip(components, tmp_path):

@@ -827,15 +827,15 @@ def resolve_checkpoint(resume: str | None, output_dir: str | Path) -> Path | Non
     )
 
 
-def _check_resolution(args: argparse.Namespace, vae: Any, unet: Any) -> None:
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    factor = vae_factor * 2 ** (len(unet.config.down_block_types) - 1)
+def _check_resolution(args: argparse.Namespace, vae: Any) -> None:
+    """The VAE maps pixels to latents by an exact factor (8 for Stable Diffusion); the UNet takes any latent size."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
     for name in ("resolution", "loss_resolution"):
         value = getattr(args, name)
         if value is not None and value % factor:
             raise ValueError(
-                f"--{name} {value} is not divisible by {factor} (VAE factor {vae_factor} x UNet downsampling "
-                f"{factor // vae_factor}); try {max(factor, value // factor * factor)}."
+                f"--{name} {value} is not divisible by the VAE's downsampling factor {factor}; "
+                f"try {max(factor, value // factor * factor)}."
             )
 
 
@@ -902,7 +902,7 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
     models = _load_models(args)
     unet, vae, text_encoder, clip_model = models["unet"], models["vae"], models["text_encoder"], models["clip_model"]
     clip_processor = models["clip_processor"]
-    _check_resolution(args, vae, unet)
+    _check_resolution(args, vae)
     check_clip_model(
         clip_model, clip_processor.tokenizer, clip_processor.image_processor, args.clip_model_name_or_path
     )
