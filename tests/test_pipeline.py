@@ -188,11 +188,13 @@ def test_kill_and_resume_equals_uninterrupted(pipe, source, tmp_path):
     (resumed / ".edge_tmp").mkdir(exist_ok=True)  # a partial file left by a crash mid-write
     (resumed / ".edge_tmp" / "train-00001-of-00003.parquet.999.partial").write_bytes(b"PAR1 truncated")
 
-    made = []
-    result = pipe.distill(
-        source, 5, output_dir=resumed, callback=lambda r: made.extend(r.last_indices), **kwargs
-    )
+    reports = []
+    result = pipe.distill(source, 5, output_dir=resumed, callback=reports.append, **kwargs)
+    made = [i for r in reports for i in r.last_indices]
     assert made == [2, 3, 4]  # the finished shard (items 0, 1) was not regenerated
+    assert [r.event for r in reports] == ["batch", "batch", "shard", "batch", "shard"]
+    assert [r.items_done for r in reports] == [1, 2, 2, 3, 3] and reports[-1].items_total == 3  # snapshots
+    assert reports[-1].writing_s > 0 and reports[-1].generation_s > 0 and reports[-1].captioning_s >= 0
     assert shard_bytes(resumed) == shard_bytes(reference)
     assert not (resumed / ".edge_tmp").exists()
     assert result.num_rows == 5 and result["image_id"] == ["0", "1", "2", "3", "4"]

@@ -35,7 +35,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +80,10 @@ def item_seed(seed: int, index: int) -> int:
 
 @dataclass
 class DistillProgress:
-    """What `distill` reports to its `callback` after every generated batch (and logs per shard).
+    """What `distill` reports to its `callback` (a fresh copy each call) after every batch and every written shard.
 
     Attributes:
+        event: `"batch"` (a batch was generated and captioned) or `"shard"` (a shard was written).
         items_done: images generated and captioned by this process in this call.
         items_total: images this process has to make in this call (finished shards excluded).
         shard: the shard being made.
@@ -91,6 +92,7 @@ class DistillProgress:
         last_indices: the item indices of the batch just finished.
     """
 
+    event: str = "batch"
     items_done: int = 0
     items_total: int = 0
     shard: int = -1
@@ -478,6 +480,8 @@ class EDGEPipeline(StableDiffusionPipeline):
                 path = layout.shard_path(output_dir, shard, num_shards)
                 layout.write_shard(rows, path, output_dir / layout.TMP_DIR)
                 report.writing_s += time.perf_counter() - tick
+                if callback is not None:
+                    callback(replace(report, event="shard", last_indices=[]))
                 logger.info(f"shard {shard + 1}/{num_shards} written: {report.images_per_second:.2f} images/s")
         finally:
             self.set_progress_bar_config(**saved_bar_config)
@@ -518,10 +522,9 @@ class EDGEPipeline(StableDiffusionPipeline):
             rows[layout.SOURCE_IMAGE_ID_COLUMN] += [plan.source_ids[i] for i in batch]
             report.items_done += len(batch)
             report.images_per_second = report.items_done / max(time.perf_counter() - start, 1e-9)
-            report.last_indices = list(batch)
             bar.update(len(batch))
             if callback is not None:
-                callback(report)
+                callback(replace(report, event="batch", last_indices=list(batch)))
         return rows
 
     def _generate(self, prompts: list[str], seeds: list[int], manifest: dict[str, Any]) -> list[PIL.Image.Image]:

@@ -164,8 +164,8 @@ _CARD_TEMPLATE = """---
 
 # {{ pretty_name }}
 
-A distilled image-text dataset made with [diffusers-edge](https://github.com/) (EDGE, "Efficient Multimodal
-Dataset Distillation via Generative Models", arXiv 2509.15472): {{ num_images }} generated images with
+A distilled image-text dataset made with diffusers-edge (EDGE, "Efficient Multimodal Dataset Distillation via
+Generative Models", arXiv 2509.15472): {{ num_images }} generated images with
 {{ captions_per_image }} caption(s) each, {{ num_pairs }} image-caption pairs in all.
 
 Each row holds one image, its `captions` (the prompt it was generated from first, then synthesized captions), the
@@ -224,7 +224,7 @@ def write_card(output_dir: str | os.PathLike, metadata: Mapping[str, Any], prett
         num_images=metadata.get("num_images", "?"),
         captions_per_image=metadata.get("captions_per_image", "?"),
         num_pairs=metadata.get("num_pairs", "?"),
-        repo_hint=metadata.get("hub_dataset_id") or "user/repo",
+        repo_hint=metadata.get("hub_dataset_id") or "<namespace>/<dataset name>",
         settings_table=table,
     )
     path = output_dir / CARD_NAME
