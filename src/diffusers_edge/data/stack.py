@@ -1,0 +1,49 @@
+"""Where the tiny pretrained stack for the captioned-shapes data is installed.
+
+`examples/shapes/train_tiny_stack.py` trains it and writes it into the package's `assets/shapes-stack/` folder,
+which setup.py ships as package data; docs/shapes-stack.md describes every component. Each component folder loads
+with the same `from_pretrained` call as the real model it stands in for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STACK_COMPONENTS: dict[str, str] = {
+    "clip": "CLIPModel + CLIPProcessor (plays openai/clip-vit-base-patch32)",
+    "stable-diffusion": "StableDiffusionPipeline folder (plays stable-diffusion-v1-5)",
+    "captioner": "VisionEncoderDecoderModel + ViTImageProcessor + BertTokenizer (plays the multimodal LLM)",
+    "text-encoder": "BertModel + BertTokenizer pretrained with masked-LM on captions (plays bert-base-uncased)",
+    "student-image-encoder": "a timm model name + kwargs in config.json (plays nfnet_l0, randomly initialised)",
+    "judge": "attribute classifier (diffusers_edge.judge) that scores generated images",
+}
+"""The folders of the stack and what each one plays."""
+
+
+def shapes_stack_path(component: str | None = None) -> Path:
+    """Returns the installed shapes-stack folder, or one component's folder inside it.
+
+    Args:
+        component: one of `STACK_COMPONENTS` (`"clip"`, `"stable-diffusion"`, `"captioner"`, `"text-encoder"`,
+            `"student-image-encoder"`, `"judge"`), or `None` for the stack folder itself.
+
+    Raises:
+        ValueError: `component` is not a stack component.
+        FileNotFoundError: the folder is missing (the stack was not trained or not installed with the package).
+
+    Example:
+        >>> from transformers import CLIPModel
+        >>> model = CLIPModel.from_pretrained(shapes_stack_path("clip"))  # doctest: +SKIP
+        >>> shapes_stack_path("judge").name
+        'judge'
+    """
+    root = Path(__file__).resolve().parent.parent / "assets" / "shapes-stack"
+    if component is not None and component not in STACK_COMPONENTS:
+        raise ValueError(f"Unknown shapes-stack component {component!r}; choose one of {list(STACK_COMPONENTS)}.")
+    path = root if component is None else root / component
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"The shapes stack folder {path} is missing: re-train it with examples/shapes/train_tiny_stack.py "
+            "or reinstall diffusers-edge with its package data."
+        )
+    return path
