@@ -47,10 +47,10 @@ import torch
 ArrayLike = torch.Tensor | np.ndarray
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
-# Scores per block (query rows x candidates) when chunk_size is None: bounds the temporary memory. The embeddings
-# path uses larger blocks because a matrix product with few rows runs below the machine's GEMM rate.
-_BLOCK_ELEMENTS = 1 << 22
-_GEMM_BLOCK_ELEMENTS = 1 << 23
+# Scores per block (query rows x candidates) when chunk_size is None: bounds the temporary memory (32 MB in
+# float32). Smaller blocks cost more per score: per-operation overhead, and matrix products with few rows run
+# below the machine's GEMM rate.
+_BLOCK_ELEMENTS = 1 << 23
 
 
 def retrieval_recall(
@@ -71,8 +71,8 @@ def retrieval_recall(
         ks: the cut-offs K (distinct integers >= 1; K above the candidate count gives 100).
         ir_recall: also return the IR-style recall (fraction of all relevant candidates in the top K) under
             ``i2t_IRrecall@{k}`` / ``t2i_IRrecall@{k}``.
-        chunk_size: image rows per block; ``None`` picks about 4M scores per block. The temporary memory is
-            a few bytes per score of one block.
+        chunk_size: image rows per block; ``None`` picks about 8M scores per block. The temporary memory is
+            one float32 buffer of one block (32 MB by default).
 
     Returns:
         ``i2t_R@{k}``, ``t2i_R@{k}`` for each k, ``i2t_mean``, ``t2i_mean``, ``r_mean`` (percent), and the
@@ -175,7 +175,7 @@ def retrieval_recall_from_embeddings(
 
     i2t_rank = torch.empty(n_images, dtype=torch.long, device=img.device)
     ir_pos = torch.empty(n_texts, dtype=torch.long, device=img.device) if ir_recall else None
-    rows = min(n_images, chunk_size or max(1, _GEMM_BLOCK_ELEMENTS // n_texts))
+    rows = min(n_images, chunk_size or max(1, _BLOCK_ELEMENTS // n_texts))
     counter = _Counter(rows, n_texts, img.device, in_place=True)
     for start in range(0, n_images, rows):
         block = _scores(img[start : start + rows], txt, txt_scale, start, "image")
@@ -183,7 +183,7 @@ def retrieval_recall_from_embeddings(
         del block
 
     t2i_rank = torch.empty(n_texts, dtype=torch.long, device=img.device)
-    rows = min(n_texts, chunk_size or max(1, _GEMM_BLOCK_ELEMENTS // n_images))
+    rows = min(n_texts, chunk_size or max(1, _BLOCK_ELEMENTS // n_images))
     counter = _Counter(rows, n_images, img.device, in_place=True)
     for start in range(0, n_texts, rows):
         block = _scores(txt[start : start + rows], img, img_scale, start, "text")
