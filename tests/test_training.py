@@ -301,6 +301,20 @@ def test_difffit_file_round_trip(components, tmp_path):
         load_difffit_weights(torch.nn.Linear(2, 2), path)
 
 
+# ------------------------------------------------------------------------------------------------ loop
+
+
+def test_accumulation_steps_line_up_with_epochs(tiny_sd, tiny_clip, tmp_path):
+    six = _dataset(CAPTIONS + CAPTIONS[:2])  # 3 batches of 2 per epoch: one update of 2 batches, one batch left over
+    flags = ["--gradient_accumulation_steps", "2", "--num_train_epochs", "2", "--checkpointing_steps", "1"]
+    flags += ["--contrastive_weight", "0", "--diversity_weight", "0"]  # only the step counting is under test
+    result = train(_args(tiny_sd, tiny_clip, tmp_path / "acc", *flags), six)
+    assert result.global_step == 2 and result.last_logs["lr"] == pytest.approx(1e-4)
+    assert sorted(p.name for p in (tmp_path / "acc").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    with pytest.raises(ValueError, match="--gradient_accumulation_steps 4 exceeds the 3 batches"):
+        train(_args(tiny_sd, tiny_clip, tmp_path / "acc4", "--gradient_accumulation_steps", "4"), six)
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 

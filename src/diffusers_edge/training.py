@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import random
 import shutil
 from collections.abc import Iterator, Sequence
@@ -40,12 +39,13 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from accelerate.logging import get_logger
 from safetensors.torch import load_file, save_file
 
 from .data.format import check_captions
 from .losses import DEFAULT_TEMPERATURE, bidirectional_contrastive_loss, caption_group_ids, diversity_loss
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -479,8 +479,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--lora_alpha must be positive, got {args.lora_alpha}.")
     if args.dataset_name is not None and args.train_data_dir is not None:
         raise ValueError("give either --dataset_name or --train_data_dir, not both.")
-    if args.push_to_hub and args.report_to == "wandb" and os.environ.get("HF_TOKEN"):
-        logger.warning("pushing with HF_TOKEN set while reporting to wandb: make sure the token is not logged.")
 
 
 def _to_serialisable(args: argparse.Namespace) -> dict[str, Any]:
@@ -893,7 +891,7 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
         ),
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    logger.info("accelerate state: %s", str(accelerator.state).replace("\n", "; "))
+    logger.info("accelerate state: %s", str(accelerator.state).replace("\n", "; "), main_process_only=False)
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -930,7 +928,14 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
         collate_fn=EDGECollator(models["tokenizer"], clip_processor.tokenizer),
         num_workers=args.dataloader_num_workers,
     )
-    updates_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    # whole accumulation cycles per epoch: the leftover batches of an epoch are skipped, so optimiser steps line up
+    # with epochs (and with the resume position)
+    updates_per_epoch = len(dataloader) // args.gradient_accumulation_steps
+    if updates_per_epoch == 0:
+        raise ValueError(
+            f"--gradient_accumulation_steps {args.gradient_accumulation_steps} exceeds the {len(dataloader)} batches "
+            "per epoch of each process; lower it or the batch size."
+        )
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     learning_rate = args.learning_rate
@@ -981,6 +986,8 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
         sampler.set_epoch(epoch)
         batch_offset = sampler.skip
         for index, batch in enumerate(dataloader, start=batch_offset):
+            if index >= updates_per_epoch * args.gradient_accumulation_steps:
+                break
             keys = [args.seed, epoch, index, accelerator.process_index]
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence(keys).generate_state(1)[0]))
             with accelerator.accumulate(unet):
