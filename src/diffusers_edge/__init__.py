@@ -29,6 +29,9 @@ _LAZY_NAMES: dict[str, str] = {
     "parse_caption": "diffusers_edge.data.shapes",
     "ShapeObject": "diffusers_edge.data.shapes",
     "Captioner": "diffusers_edge.captioning",
+    "retrieval_recall": "diffusers_edge.metrics.retrieval",
+    "retrieval_recall_from_embeddings": "diffusers_edge.metrics.retrieval",
+    "image_text_recall_path": "diffusers_edge.metrics",
     "build_clip_tokenizer": "diffusers_edge.tokenization",
     "build_bert_tokenizer": "diffusers_edge.tokenization",
 }
@@ -68,4 +71,6 @@ if TYPE_CHECKING:
         load_source,
         pre_caption,
     )
+    from .metrics import image_text_recall_path
+    from .metrics.retrieval import retrieval_recall, retrieval_recall_from_embeddings
     from .tokenization import build_bert_tokenizer, build_clip_tokenizer
