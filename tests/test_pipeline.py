@@ -282,3 +282,11 @@ def test_images_are_png_bytes_in_parquet(pipe, source, tmp_path):
     image = table.column("image")[0].as_py()
     assert image["bytes"][:4] == b"\x89PNG" and image["path"] is None
     assert PIL.Image.open(io.BytesIO(image["bytes"])).size == (32, 32)
+
+
+def test_streamed_source_gives_the_same_set(pipe, source, tmp_path):
+    kwargs = dict(captions_per_image=1, seed=2, batch_size=2, **FAST)
+    in_memory = pipe.distill(source, 2, output_dir=tmp_path / "a", **kwargs)
+    streamed = pipe.distill(source.to_iterable_dataset(), 2, output_dir=tmp_path / "b", **kwargs)
+    assert streamed["prompt"] == in_memory["prompt"] and streamed["source_image_id"] == in_memory["source_image_id"]
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")

@@ -34,7 +34,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -110,18 +110,29 @@ class _Plan:
     source_ids: list[str | None]
 
 
-def _caption_pool(source: datasets.Dataset | Sequence[str]) -> tuple[list[str], list[str | None]]:
-    """Every caption of `source` (flattened, in order) and the `image_id` it belongs to (None for a caption list)."""
+def _caption_rows(source: datasets.Dataset | datasets.IterableDataset) -> Iterable[tuple[list[str], Any]]:
+    """(captions, image_id) per row, without decoding images; a streamed source is read once, row by row."""
+    columns = source.column_names
+    if columns is not None and CAPTIONS_COLUMN not in columns:
+        raise ValueError(
+            f"The source dataset has no {CAPTIONS_COLUMN!r} column (columns: {columns}); "
+            "distill needs the normalized form (image, captions, image_id) or a list of captions."
+        )
     if isinstance(source, datasets.Dataset):
-        if CAPTIONS_COLUMN not in source.column_names:
-            raise ValueError(
-                f"The source dataset has no {CAPTIONS_COLUMN!r} column (columns: {source.column_names}); "
-                "distill needs the normalized form (image, captions, image_id) or a list of captions."
-            )
-        has_ids = IMAGE_ID_COLUMN in source.column_names
-        ids = source[IMAGE_ID_COLUMN] if has_ids else [None] * source.num_rows
+        ids = source[IMAGE_ID_COLUMN] if IMAGE_ID_COLUMN in columns else [None] * source.num_rows
+        return zip(source[CAPTIONS_COLUMN], ids)
+    return ((row.get(CAPTIONS_COLUMN), row.get(IMAGE_ID_COLUMN)) for row in source.select_columns(
+        [c for c in (CAPTIONS_COLUMN, IMAGE_ID_COLUMN) if columns is None or c in columns]
+    ))
+
+
+def _caption_pool(
+    source: datasets.Dataset | datasets.IterableDataset | Sequence[str],
+) -> tuple[list[str], list[str | None]]:
+    """Every caption of `source` (flattened, in order) and the `image_id` it belongs to (None for a caption list)."""
+    if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
         captions, owners = [], []
-        for row, (image_captions, image_id) in enumerate(zip(source[CAPTIONS_COLUMN], ids)):
+        for row, (image_captions, image_id) in enumerate(_caption_rows(source)):
             checked = check_captions(image_captions, record=f"source row {row} (image_id={image_id!r})")
             captions += checked
             owners += [None if image_id is None else str(image_id)] * len(checked)
@@ -265,7 +276,7 @@ class EDGEPipeline(StableDiffusionPipeline):
 
     def distill(
         self,
-        source: datasets.Dataset | Sequence[str],
+        source: datasets.Dataset | datasets.IterableDataset | Sequence[str],
         num_pairs: int,
         captions_per_image: int = 2,
         selection: str | Callable[[list[str], int, int], Sequence[int]] = "random",
@@ -290,8 +301,8 @@ class EDGEPipeline(StableDiffusionPipeline):
         `captions_per_image - 1` synthesized captions (2 captions per image was EDGE's best budget split).
 
         Args:
-            source: the real training set in the normalized form (`captions`, optionally `image_id`), or a list
-                of captions.
+            source: the real training set in the normalized form (`captions`, optionally `image_id`; a streamed
+                `IterableDataset` is read once for its captions), or a list of captions.
             num_pairs: the budget in (image, caption) pairs.
             captions_per_image: captions stored per generated image (the prompt + synthesized ones).
             selection: `"random"` (EDGE), `"kcenter"`, `"kmeans"` (both need `clip_model`/`clip_processor`), or

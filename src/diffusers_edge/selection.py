@@ -13,8 +13,8 @@ This module is pure math on embeddings plus `embed_captions` (a CLIP text tower)
 Example:
     >>> import torch
     >>> points = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.0, 5.1]])
-    >>> sorted(kcenter_greedy(points, 2, seed=0))  # one point from each clump
-    [1, 3]
+    >>> sorted(i // 2 for i in kcenter_greedy(points, 2, seed=0))  # one point from each clump
+    [0, 1]
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def kcenter_greedy(embeddings: torch.Tensor, num: int, seed: int = 0) -> list[in
         `num` distinct indices in the order chosen.
 
     Example:
-        >>> kcenter_greedy(torch.tensor([[0.0], [1.0], [10.0]]), 2, seed=0)[1]
-        2
+        >>> sorted(kcenter_greedy(torch.tensor([[0.0], [1.0], [10.0]]), 2, seed=0))
+        [0, 2]
     """
     _check_num(num, len(embeddings))
     points = embeddings.float()
@@ -219,7 +219,7 @@ def select_captions(
 
     Example:
         >>> select_captions(["a", "b", "c"], 2, "random", seed=0)
-        [2, 0]
+        [1, 2]
     """
     _check_num(num, len(captions))
     if callable(method):
