@@ -859,7 +859,7 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
     """Fine-tunes the UNet with the EDGE objective and writes the LoRA (or DiffFit file) and a model card.
 
     Runs unchanged in one process or under `accelerate launch` / `torchrun` (DDP). Bad input (missing columns,
-    empty captions, a CLIP model with mismatched projections, a resolution the VAE and UNet cannot divide, a
+    empty captions, a CLIP model with mismatched projections, a resolution not divisible by the VAE factor, a
     checkpoint that does not exist) raises before any training step.
 
     Args:
@@ -1029,6 +1029,7 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
         save_model_card(args, output_dir, global_step, images)
         if args.push_to_hub:
             _push(args, output_dir)
+    accelerator.wait_for_everyone()  # the other processes wait while the main one saves and validates
     accelerator.end_training()
     return TrainingResult(output_dir, weights, global_step, logs)
 
