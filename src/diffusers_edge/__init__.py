@@ -32,6 +32,11 @@ _LAZY_NAMES: dict[str, str] = {
     "retrieval_recall": "diffusers_edge.metrics.retrieval",
     "retrieval_recall_from_embeddings": "diffusers_edge.metrics.retrieval",
     "image_text_recall_path": "diffusers_edge.metrics",
+    "bidirectional_contrastive_loss": "diffusers_edge.losses",
+    "diversity_loss": "diffusers_edge.losses",
+    "EDGEObjective": "diffusers_edge.training",
+    "EDGELossConfig": "diffusers_edge.training",
+    "load_difffit_weights": "diffusers_edge.training",
     "build_clip_tokenizer": "diffusers_edge.tokenization",
     "build_bert_tokenizer": "diffusers_edge.tokenization",
 }
@@ -71,6 +76,8 @@ if TYPE_CHECKING:
         load_source,
         pre_caption,
     )
+    from .losses import bidirectional_contrastive_loss, diversity_loss
     from .metrics import image_text_recall_path
     from .metrics.retrieval import retrieval_recall, retrieval_recall_from_embeddings
     from .tokenization import build_bert_tokenizer, build_clip_tokenizer
+    from .training import EDGELossConfig, EDGEObjective, load_difffit_weights
