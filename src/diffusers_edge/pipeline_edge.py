@@ -346,32 +346,17 @@ class EDGEPipeline(StableDiffusionPipeline):
                 f"num_pairs={num_pairs} with captions_per_image={captions_per_image} needs {num_images} distinct "
                 f"prompts, but the source supplies only {len(captions)} captions."
             )
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
-        manifest = {
-            "format_version": MANIFEST_VERSION,
-            "source_fingerprint": _fingerprint(captions, owners),
-            "source_captions": len(captions),
-            "num_pairs": num_pairs,
-            "captions_per_image": captions_per_image,
-            "num_images": num_images,
-            "selection": selection if isinstance(selection, str) else _describe_callable(selection),
+        settings = {
             "seed": seed,
             "batch_size": batch_size,
             "shard_size": shard_size,
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
-            "height": height,
-            "width": width,
+            "height": height or self.unet.config.sample_size * self.vae_scale_factor,
+            "width": width or self.unet.config.sample_size * self.vae_scale_factor,
             "negative_prompt": negative_prompt,
-            "base_model": str(self.name_or_path),
-            "lora": list(self._edge_lora_sources),
-            "scheduler": type(self.scheduler).__name__,
-            "captioner": self._describe_captioner(caption_fn),
-            "clip_model": self._component_name("clip_model")
-            if isinstance(selection, str) and selection in EMBEDDING_METHODS
-            else None,
         }
+        manifest = self._manifest(captions, owners, num_pairs, captions_per_image, selection, caption_fn, settings)
         output_dir = Path(output_dir)
         state = _process_state()
         plan = self._prepare_output(output_dir, manifest, resume, state, captions, owners, selection)
@@ -391,6 +376,34 @@ class EDGEPipeline(StableDiffusionPipeline):
         return distilled
 
     # -------------------------------------------------------------------------------------- distill's parts
+
+    def _manifest(
+        self,
+        captions: list[str],
+        owners: list[str | None],
+        num_pairs: int,
+        captions_per_image: int,
+        selection: Any,
+        caption_fn: CaptionFn | None,
+        settings: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Every argument that shapes the set, in the order a mismatch is reported (the call's own first)."""
+        embeds = isinstance(selection, str) and selection in EMBEDDING_METHODS
+        return {
+            "format_version": MANIFEST_VERSION,
+            "source_fingerprint": _fingerprint(captions, owners),
+            "source_captions": len(captions),
+            "num_pairs": num_pairs,
+            "captions_per_image": captions_per_image,
+            "num_images": math.ceil(num_pairs / captions_per_image),
+            "selection": selection if isinstance(selection, str) else _describe_callable(selection),
+            **settings,
+            "base_model": str(self.name_or_path),
+            "lora": list(self._edge_lora_sources),
+            "scheduler": type(self.scheduler).__name__,
+            "captioner": self._describe_captioner(caption_fn),
+            "clip_model": self._component_name("clip_model") if embeds else None,
+        }
 
     def _resolve_captioner(self, captioner: CaptionFn | None, captions_per_image: int) -> CaptionFn | None:
         if isinstance(captions_per_image, bool) or not isinstance(captions_per_image, int) or captions_per_image < 1:
