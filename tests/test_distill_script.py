@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -68,6 +69,12 @@ def test_main_in_process_with_kcenter_and_a_captioner(sd_path, tmp_path, capsys)
         main([*flags, "--num_inference_steps", "3"])
 
 
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _run(command, env_extra, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env_extra}
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -82,11 +89,8 @@ def test_two_processes_write_the_same_set_as_one(sd_path, tmp_path):
     one = tmp_path / "one"  # the one-process reference runs here, single-threaded like the torchrun workers
     assert main(common_flags(sd_path, one, num_pairs=5)) == 0
     two = tmp_path / "two"
-    result = _run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(SCRIPT), *common_flags(sd_path, two, 5)],
-        {"ACCELERATE_USE_CPU": "true"},
-        tmp_path,
-    )
+    launcher = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port())]
+    result = _run([*launcher, str(SCRIPT), *common_flags(sd_path, two, 5)], {"ACCELERATE_USE_CPU": "true"}, tmp_path)
     assert result.stdout.count("5 images, 5 pairs") == 1  # only the main process reports
     one_shards = sorted((one / "data").glob("*.parquet"))
     two_shards = sorted((two / "data").glob("*.parquet"))
