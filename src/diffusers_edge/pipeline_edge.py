@@ -19,8 +19,11 @@ A folder saved by `EDGEPipeline` names `EDGEPipeline` in its `model_index.json`;
 `EDGEPipeline.from_pretrained` (diffusers' generic `DiffusionPipeline.from_pretrained` cannot import our class).
 
 Example:
-    >>> from diffusers_edge import EDGEPipeline
-    >>> pipe = EDGEPipeline.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5", safety_checker=None)
+    >>> from diffusers_edge.captioning import Captioner
+    >>> from diffusers_edge.data.sources import load_source
+    >>> from diffusers_edge.pipeline_edge import EDGEPipeline
+    >>> train = load_source("annotations/flickr30k_train.json", image_root="data/flickr30k")
+    >>> pipe = EDGEPipeline.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5")
     >>> pipe.load_lora_weights("edge-lora")
     >>> distilled = pipe.distill(train, num_pairs=500, captions_per_image=2, output_dir="flickr-edge-500",
     ...                          captioner=Captioner.from_pretrained("HuggingFaceTB/SmolVLM-256M-Instruct"))
