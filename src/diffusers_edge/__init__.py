@@ -37,6 +37,19 @@ _LAZY_NAMES: dict[str, str] = {
     "EDGEObjective": "diffusers_edge.training",
     "EDGELossConfig": "diffusers_edge.training",
     "load_difffit_weights": "diffusers_edge.training",
+    "EDGEPipeline": "diffusers_edge.pipeline_edge",
+    "DistillProgress": "diffusers_edge.pipeline_edge",
+    "item_seed": "diffusers_edge.pipeline_edge",
+    "select_captions": "diffusers_edge.selection",
+    "kcenter_greedy": "diffusers_edge.selection",
+    "kmeans_nearest": "diffusers_edge.selection",
+    "embed_captions": "diffusers_edge.selection",
+    "load_distilled": "diffusers_edge.data.distilled",
+    "push_distilled": "diffusers_edge.data.distilled",
+    "to_flat_pairs": "diffusers_edge.data.distilled",
+    "export_blip_json": "diffusers_edge.data.distilled",
+    "DistilledBuilder": "diffusers_edge.data.distilled",
+    "DISTILLED_FEATURES": "diffusers_edge.data.distilled",
     "build_clip_tokenizer": "diffusers_edge.tokenization",
     "build_bert_tokenizer": "diffusers_edge.tokenization",
 }
@@ -58,6 +71,14 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .captioning import Captioner
+    from .data.distilled import (
+        DISTILLED_FEATURES,
+        DistilledBuilder,
+        export_blip_json,
+        load_distilled,
+        push_distilled,
+        to_flat_pairs,
+    )
     from .data.format import NORMALIZED_FEATURES, validate_normalized
     from .data.shapes import (
         CaptionedShapes,
@@ -79,5 +100,7 @@ if TYPE_CHECKING:
     from .losses import bidirectional_contrastive_loss, diversity_loss
     from .metrics import image_text_recall_path
     from .metrics.retrieval import retrieval_recall, retrieval_recall_from_embeddings
+    from .pipeline_edge import DistillProgress, EDGEPipeline, item_seed
+    from .selection import embed_captions, kcenter_greedy, kmeans_nearest, select_captions
     from .tokenization import build_bert_tokenizer, build_clip_tokenizer
     from .training import EDGELossConfig, EDGEObjective, load_difffit_weights

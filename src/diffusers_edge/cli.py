@@ -16,6 +16,7 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "shapes": ("diffusers_edge.commands.shapes", "build the embedded captioned-shapes dataset, print statistics"),
+    "distill": ("diffusers_edge.commands.distill", "generate a distilled image-text set (EDGEPipeline.distill)"),
     "train": ("diffusers_edge.commands.train", "fine-tune Stable Diffusion with the EDGE objective (LoRA or DiffFit)"),
 }
 
