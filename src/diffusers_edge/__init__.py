@@ -50,6 +50,16 @@ _LAZY_NAMES: dict[str, str] = {
     "export_blip_json": "diffusers_edge.data.distilled",
     "DistilledBuilder": "diffusers_edge.data.distilled",
     "DISTILLED_FEATURES": "diffusers_edge.data.distilled",
+    "evaluate_dataset": "diffusers_edge.evaluation",
+    "protocol_config": "diffusers_edge.evaluation",
+    "ProtocolConfig": "diffusers_edge.evaluation",
+    "PROTOCOLS": "diffusers_edge.evaluation",
+    "RetrievalStudent": "diffusers_edge.evaluation",
+    "train_student": "diffusers_edge.evaluation",
+    "evaluate_student": "diffusers_edge.evaluation",
+    "results_table": "diffusers_edge.evaluation",
+    "select_coreset": "diffusers_edge.coreset",
+    "embed_pool": "diffusers_edge.coreset",
     "build_clip_tokenizer": "diffusers_edge.tokenization",
     "build_bert_tokenizer": "diffusers_edge.tokenization",
 }
@@ -71,6 +81,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .captioning import Captioner
+    from .coreset import embed_pool, select_coreset
     from .data.distilled import (
         DISTILLED_FEATURES,
         DistilledBuilder,
@@ -96,6 +107,16 @@ if TYPE_CHECKING:
         load_karpathy_json,
         load_source,
         pre_caption,
+    )
+    from .evaluation import (
+        PROTOCOLS,
+        ProtocolConfig,
+        RetrievalStudent,
+        evaluate_dataset,
+        evaluate_student,
+        protocol_config,
+        results_table,
+        train_student,
     )
     from .losses import bidirectional_contrastive_loss, diversity_loss
     from .metrics import image_text_recall_path

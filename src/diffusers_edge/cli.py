@@ -15,6 +15,10 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "evaluate": (
+        "diffusers_edge.commands.evaluate",
+        "train the retrieval student on a distilled set or a baseline; report recall@K",
+    ),
     "shapes": ("diffusers_edge.commands.shapes", "build the embedded captioned-shapes dataset, print statistics"),
     "distill": ("diffusers_edge.commands.distill", "generate a distilled image-text set (EDGEPipeline.distill)"),
     "train": ("diffusers_edge.commands.train", "fine-tune Stable Diffusion with the EDGE objective (LoRA or DiffFit)"),
