@@ -1,4 +1,4 @@
-"""Test-wide settings: everything runs offline, on small threads, with caches in temporary folders."""
+"""Test-wide settings: everything runs offline, tiny models run on one thread, tiny model folders are shared."""
 
 import os
 
@@ -6,3 +6,40 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread: on a shared 2-core machine two threads spin against each other
+    (measured about 10x slower for a tiny UNet under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_path(tmp_path_factory):
+    """A tiny random Stable Diffusion folder (epsilon prediction, 32 px images, 16x16x4 latents). Read-only."""
+    from diffusers_edge.testing import save_tiny_stable_diffusion
+
+    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_path(tmp_path_factory):
+    """A tiny random CLIPModel + CLIPProcessor folder (32 px images, projection 16). Read-only."""
+    from diffusers_edge.testing import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_path(tmp_path_factory):
+    """A tiny random BertModel + WordPiece tokenizer folder (hidden size 32). Read-only."""
+    from diffusers_edge.testing import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -24,15 +24,6 @@ PROMPTS = ["a red circle", "a big blue square at the top", "a small green star"]
 FAST = {"max_new_tokens": 8}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; several threads spin against each other on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _images(n=3, size=32):
     arrays = [np.random.RandomState(i).randint(0, 256, (size, size, 3), dtype=np.uint8) for i in range(n)]
     return [Image.fromarray(a) for a in arrays]

@@ -15,20 +15,6 @@ from diffusers_edge.coreset import (
 from diffusers_edge.data.format import validate_normalized
 from diffusers_edge.data.shapes import load_captioned_shapes
 from diffusers_edge.selection import kcenter_greedy
-from diffusers_edge.testing import save_tiny_clip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def clip_path(tmp_path_factory):
-    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +71,8 @@ def test_forgetting_scores_are_deterministic_and_finite_on_learnable_pairs():
 
 @pytest.mark.parametrize("method", ["random", "herding", "kcenter", "forgetting"])
 @pytest.mark.parametrize("captions_per_image", [1, 2, None])
-def test_every_method_returns_exactly_the_budget_deterministically(pool, clip_path, method, captions_per_image):
-    kwargs = {"captions_per_image": captions_per_image, "clip_model": clip_path, "forgetting_epochs": 3}
+def test_every_method_returns_exactly_the_budget_deterministically(pool, tiny_clip_path, method, captions_per_image):
+    kwargs = {"captions_per_image": captions_per_image, "clip_model": tiny_clip_path, "forgetting_epochs": 3}
     coreset = select_coreset(pool, method, 13, seed=4, **kwargs)
     again = select_coreset(pool, method, 13, seed=4, **kwargs)
     validate_normalized(coreset)
@@ -106,24 +92,24 @@ def test_random_changes_with_the_seed(pool):
 
 
 @pytest.mark.parametrize("space", ["image", "text", "joint"])
-def test_herding_and_kcenter_use_the_stated_embedding_space(pool, clip_path, space):
+def test_herding_and_kcenter_use_the_stated_embedding_space(pool, tiny_clip_path, space):
     # the captions select_coreset keeps with seed 2 (the same seeded draw for every method)
     drawn = select_coreset(pool, "random", pool.num_rows, seed=2)
     chosen = dict(zip(drawn["image_id"], drawn["captions"]))
     kept = [[row.index(chosen[i][0])] for i, row in zip(pool["image_id"], pool["captions"])]
-    embeddings = embed_pool(pool, clip_path)
+    embeddings = embed_pool(pool, tiny_clip_path)
     image, text = embeddings.image, embeddings.text(kept)
     torch.testing.assert_close(text[0], embeddings.captions[0][kept[0][0]])
     torch.testing.assert_close(image.norm(dim=1), torch.ones(len(image)))
     points = {"image": image, "text": text, "joint": torch.cat([image, text], 1)}[space]
     for method, picks in (("herding", herding(points, 6)), ("kcenter", kcenter_greedy(points, 6, seed=2))):
-        coreset = select_coreset(pool, method, 6, space=space, clip_model=clip_path, seed=2)
+        coreset = select_coreset(pool, method, 6, space=space, clip_model=tiny_clip_path, seed=2)
         assert coreset["image_id"] == [pool["image_id"][i] for i in picks]
         reused = select_coreset(pool, method, 6, space=space, seed=2, embeddings=embeddings, clip_model="/nonexistent")
         assert reused["image_id"] == coreset["image_id"]
 
 
-def test_full_and_bad_input(pool, clip_path):
+def test_full_and_bad_input(pool, tiny_clip_path):
     assert select_coreset(pool, "full") is pool
     with pytest.raises(ValueError, match="exceeds the pool: 24 images .* give 48 pairs"):
         select_coreset(pool, "random", 49, captions_per_image=2)
@@ -134,6 +120,6 @@ def test_full_and_bad_input(pool, clip_path):
     with pytest.raises(ValueError, match="Unknown embedding space"):
         select_coreset(pool, "herding", 5, space="audio")
     with pytest.raises(ValueError, match="space='joint'"):
-        select_coreset(pool, "forgetting", 5, space="image", clip_model=clip_path)
+        select_coreset(pool, "forgetting", 5, space="image", clip_model=tiny_clip_path)
     with pytest.raises(ValueError, match="captions_per_image"):
         select_coreset(pool, "random", 5, captions_per_image=0)

@@ -8,32 +8,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from diffusers_edge.commands.distill import main, parse_args
 from diffusers_edge.data.distilled import MANIFEST_NAME, load_distilled
-from diffusers_edge.testing import save_tiny_captioner, save_tiny_clip, save_tiny_stable_diffusion
+from diffusers_edge.testing import save_tiny_captioner, save_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "distill.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def sd_path(tmp_path_factory):
-    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd"))
-
-
-def common_flags(sd_path, output_dir, num_pairs, cpi=1):
+def common_flags(tiny_sd_path, output_dir, num_pairs, cpi=1):
     return [
-        "--pretrained_model_name_or_path", str(sd_path), "--source", "shapes", "--shapes_num_train", "12",
+        "--pretrained_model_name_or_path", str(tiny_sd_path), "--source", "shapes", "--shapes_num_train", "12",
         "--num_pairs", str(num_pairs), "--captions_per_image", str(cpi), "--output_dir", str(output_dir),
         "--num_inference_steps", "2", "--batch_size", "2", "--shard_size", "2", "--seed", "5",
     ]  # fmt: skip
@@ -51,10 +37,10 @@ def test_flags_defaults_and_errors():
         parse_args([*required, "--selection", "farthest"])
 
 
-def test_main_in_process_with_kcenter_and_a_captioner(sd_path, tmp_path, capsys):
+def test_main_in_process_with_kcenter_and_a_captioner(tiny_sd_path, tmp_path, capsys):
     clip = save_tiny_clip(tmp_path / "clip")
     captioner = save_tiny_captioner(tmp_path / "captioner")
-    flags = common_flags(sd_path, tmp_path / "out", num_pairs=6, cpi=2)
+    flags = common_flags(tiny_sd_path, tmp_path / "out", num_pairs=6, cpi=2)
     flags += ["--selection", "kcenter", "--clip_model", str(clip), "--captioner", str(captioner)]
     assert main(flags) == 0
     assert "3 images, 6 pairs" in capsys.readouterr().out
@@ -83,14 +69,15 @@ def _run(command, env_extra, cwd):
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_same_set_as_one(sd_path, tmp_path):
+def test_two_processes_write_the_same_set_as_one(tiny_sd_path, tmp_path):
     torchrun = shutil.which("torchrun")
     assert torchrun is not None, "torchrun (installed with torch) is needed for the multi-process check"
     one = tmp_path / "one"  # the one-process reference runs here, single-threaded like the torchrun workers
-    assert main(common_flags(sd_path, one, num_pairs=5)) == 0
+    assert main(common_flags(tiny_sd_path, one, num_pairs=5)) == 0
     two = tmp_path / "two"
     launcher = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port())]
-    result = _run([*launcher, str(SCRIPT), *common_flags(sd_path, two, 5)], {"ACCELERATE_USE_CPU": "true"}, tmp_path)
+    command = [*launcher, str(SCRIPT), *common_flags(tiny_sd_path, two, 5)]
+    result = _run(command, {"ACCELERATE_USE_CPU": "true"}, tmp_path)
     assert result.stdout.count("5 images, 5 pairs") == 1  # only the main process reports
     one_shards = sorted((one / "data").glob("*.parquet"))
     two_shards = sorted((two / "data").glob("*.parquet"))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import datasets
 import pytest
-import torch
 
 from diffusers_edge.commands.evaluate import build_parser, main, run
 from diffusers_edge.data.format import NORMALIZED_FEATURES
@@ -16,14 +15,6 @@ from diffusers_edge.evaluation import evaluate_dataset, protocol_config
 from diffusers_edge.testing import save_tiny_bert
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "evaluate_distilled.py"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

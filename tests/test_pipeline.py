@@ -17,32 +17,14 @@ from diffusers_edge.data.distilled import MANIFEST_NAME, load_distilled, to_flat
 from diffusers_edge.data.shapes import load_captioned_shapes
 from diffusers_edge.pipeline_edge import EDGEPipeline, item_seed
 from diffusers_edge.selection import embed_captions, kcenter_greedy
-from diffusers_edge.testing import save_tiny_captioner, save_tiny_clip, save_tiny_stable_diffusion
+from diffusers_edge.testing import save_tiny_captioner
 
 FAST = {"num_inference_steps": 2, "progress": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI box is a shared 2-core machine: one thread is faster than two fighting
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def sd_path(tmp_path_factory):
-    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd"))
-
-
-@pytest.fixture(scope="module")
-def clip_path(tmp_path_factory):
-    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
-
-
-@pytest.fixture(scope="module")
-def pipe(sd_path):
-    pipe = EDGEPipeline.from_pretrained(sd_path)
+def pipe(tiny_sd_path):
+    pipe = EDGEPipeline.from_pretrained(tiny_sd_path)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -65,8 +47,8 @@ def shard_bytes(folder):
     return {p.name: p.read_bytes() for p in sorted((folder / "data").glob("*.parquet"))}
 
 
-def test_stock_sd_folder_loads_and_matches_stable_diffusion(sd_path, pipe):
-    reference = StableDiffusionPipeline.from_pretrained(sd_path)
+def test_stock_sd_folder_loads_and_matches_stable_diffusion(tiny_sd_path, pipe):
+    reference = StableDiffusionPipeline.from_pretrained(tiny_sd_path)
     reference.set_progress_bar_config(disable=True)
     prompts = ["a red circle", "a small blue square"]
 
@@ -80,12 +62,12 @@ def test_stock_sd_folder_loads_and_matches_stable_diffusion(sd_path, pipe):
     assert ours.shape == (2, 32, 32, 3) and not np.allclose(ours[0], ours[1])
 
 
-def test_save_load_round_trip_keeps_optional_components(sd_path, clip_path, tmp_path):
+def test_save_load_round_trip_keeps_optional_components(tiny_sd_path, tiny_clip_path, tmp_path):
     tiny_captioner = Captioner.from_pretrained(save_tiny_captioner(tmp_path / "captioner"))
     pipe = EDGEPipeline.from_pretrained(
-        sd_path,
-        clip_model=CLIPModel.from_pretrained(clip_path),
-        clip_processor=CLIPProcessor.from_pretrained(clip_path),
+        tiny_sd_path,
+        clip_model=CLIPModel.from_pretrained(tiny_clip_path),
+        clip_processor=CLIPProcessor.from_pretrained(tiny_clip_path),
         captioner=tiny_captioner.model,
         captioner_processor=tiny_captioner.processor,
     )
@@ -105,12 +87,12 @@ def test_save_load_round_trip_keeps_optional_components(sd_path, clip_path, tmp_
     assert loaded.clip_processor(text=[text])["input_ids"] == pipe.clip_processor(text=[text])["input_ids"]
 
 
-def test_lora_changes_images_and_is_recorded(sd_path, source, tmp_path):
+def test_lora_changes_images_and_is_recorded(tiny_sd_path, source, tmp_path):
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    pipe = EDGEPipeline.from_pretrained(sd_path)
+    pipe = EDGEPipeline.from_pretrained(tiny_sd_path)
     pipe.set_progress_bar_config(disable=True)
     before = pipe.distill(source, 2, captions_per_image=1, output_dir=tmp_path / "plain", **FAST)
     torch.manual_seed(0)
@@ -122,7 +104,7 @@ def test_lora_changes_images_and_is_recorded(sd_path, source, tmp_path):
                 param.normal_(std=0.5)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
     StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=layers)
-    fresh = EDGEPipeline.from_pretrained(sd_path)
+    fresh = EDGEPipeline.from_pretrained(tiny_sd_path)
     fresh.load_lora_weights(str(tmp_path / "lora"))
     after = fresh.distill(source, 2, captions_per_image=1, output_dir=tmp_path / "lora-set", **FAST)
     assert after["prompt"] == before["prompt"]
@@ -238,16 +220,17 @@ def test_bad_inputs_raise_clear_errors(pipe, source, tmp_path):
         pipe.distill(source, 2, captions_per_image=1, selection="kcenter", output_dir=tmp_path / "k", **FAST)
 
 
-def test_kcenter_and_callable_selection(sd_path, clip_path, source, tmp_path):
-    clip_model, clip_processor = CLIPModel.from_pretrained(clip_path), CLIPProcessor.from_pretrained(clip_path)
-    pipe = EDGEPipeline.from_pretrained(sd_path, clip_model=clip_model, clip_processor=clip_processor)
+def test_kcenter_and_callable_selection(tiny_sd_path, tiny_clip_path, source, tmp_path):
+    clip_model = CLIPModel.from_pretrained(tiny_clip_path)
+    clip_processor = CLIPProcessor.from_pretrained(tiny_clip_path)
+    pipe = EDGEPipeline.from_pretrained(tiny_sd_path, clip_model=clip_model, clip_processor=clip_processor)
     pipe.set_progress_bar_config(disable=True)
     captions = [c for cs in source["captions"] for c in cs]
     distilled = pipe.distill(source, 4, 1, selection="kcenter", seed=1, output_dir=tmp_path / "k", **FAST)
     expected = kcenter_greedy(embed_captions(captions, clip_model, clip_processor), 4, seed=1)
     assert distilled["prompt"] == [captions[i] for i in expected]
     card = (tmp_path / "k" / "README.md").read_text()
-    assert "selection: kcenter" in card and f"clip_model: {clip_path}" in card
+    assert "selection: kcenter" in card and f"clip_model: {tiny_clip_path}" in card
 
     def last_ones(pool, num, seed):
         return list(range(len(pool) - num, len(pool)))
@@ -256,9 +239,9 @@ def test_kcenter_and_callable_selection(sd_path, clip_path, source, tmp_path):
     assert picked["prompt"] == captions[-3:]
 
 
-def test_real_tiny_captioner_as_argument_and_as_component(sd_path, source, tmp_path):
+def test_real_tiny_captioner_as_argument_and_as_component(tiny_sd_path, source, tmp_path):
     captioner = Captioner.from_pretrained(save_tiny_captioner(tmp_path / "captioner"))
-    pipe = EDGEPipeline.from_pretrained(sd_path)
+    pipe = EDGEPipeline.from_pretrained(tiny_sd_path)
     pipe.set_progress_bar_config(disable=True)
     given = pipe.distill(source, 6, captions_per_image=3, captioner=captioner, output_dir=tmp_path / "a", **FAST)
     assert given.num_rows == 2
@@ -267,7 +250,7 @@ def test_real_tiny_captioner_as_argument_and_as_component(sd_path, source, tmp_p
     assert "image-to-text" in card  # the captioner's describe() is recorded
 
     with_component = EDGEPipeline.from_pretrained(
-        sd_path, captioner=captioner.model, captioner_processor=captioner.processor
+        tiny_sd_path, captioner=captioner.model, captioner_processor=captioner.processor
     )
     with_component.set_progress_bar_config(disable=True)
     wrapped = with_component.distill(source, 6, captions_per_image=3, output_dir=tmp_path / "b", **FAST)

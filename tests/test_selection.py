@@ -13,22 +13,8 @@ from diffusers_edge.selection import (
     select_captions,
     select_random,
 )
-from diffusers_edge.testing import save_tiny_clip
 
 ATTRIBUTES = ("shape", "color", "size", "position")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI box is a shared 2-core machine: one thread is faster than two fighting
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_path(tmp_path_factory):
-    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="module")

@@ -25,22 +25,8 @@ from diffusers_edge.evaluation import (
 )
 from diffusers_edge.evaluation.trainer import embed_pairs
 from diffusers_edge.metrics.retrieval import retrieval_recall
-from diffusers_edge.testing import save_tiny_bert
 
 TINY_CNN = {"channels": (8, 16, 32, 64), "stem_width": 8}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def bert_path(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("bert"))
 
 
 @pytest.fixture(scope="module")
@@ -92,22 +78,22 @@ def test_local_checkpoint_loads_through_timm(tmp_path):
         build_image_encoder("resnet10t", checkpoint=tmp_path / "missing.safetensors")
 
 
-def test_frozen_text_encoder_cls_and_mean_pooling(bert_path):
-    encoder = FrozenTextEncoder(bert_path)
+def test_frozen_text_encoder_cls_and_mean_pooling(tiny_bert_path):
+    encoder = FrozenTextEncoder(tiny_bert_path)
     assert not any(p.requires_grad for p in encoder.model.parameters())
     captions = ["a red circle", "a large blue square at the top left"]
     tokens = encoder.tokenizer(captions, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = encoder.model(**tokens).last_hidden_state
     torch.testing.assert_close(encoder.encode(captions), hidden[:, 0])
-    mean = FrozenTextEncoder(bert_path, pooling="mean")
+    mean = FrozenTextEncoder(tiny_bert_path, pooling="mean")
     alone = mean.encode(["a red circle"])
     with torch.no_grad():
         single = mean.model(**mean.tokenizer(["a red circle"], return_tensors="pt")).last_hidden_state
     torch.testing.assert_close(alone[0], single[0].mean(0))
     torch.testing.assert_close(mean.encode(captions)[0], alone[0], atol=1e-5, rtol=1e-5)  # padding is ignored
     with pytest.raises(ValueError, match="pooling"):
-        FrozenTextEncoder(bert_path, pooling="max")
+        FrozenTextEncoder(tiny_bert_path, pooling="max")
 
 
 def test_protocol_presets_and_overrides():
@@ -144,9 +130,9 @@ def _one_caption(shapes):
     return pairs.images, [row[0] for row in shapes["captions"]], torch.arange(pairs.num_images)
 
 
-def test_training_lowers_loss_and_beats_a_fresh_student_with_retrieval_recall_numbers(shapes, bert_path):
+def test_training_lowers_loss_and_beats_a_fresh_student_with_retrieval_recall_numbers(shapes, tiny_bert_path):
     images, captions, text_to_image = _one_caption(shapes)
-    features = FrozenTextEncoder(bert_path, pooling="mean").encode(captions)
+    features = FrozenTextEncoder(tiny_bert_path, pooling="mean").encode(captions)
     config = protocol_config("lors", epochs=25, eval_every=5, batch_size=16, image_size=32, lr_milestones=[])
     torch.manual_seed(0)
     fresh = RetrievalStudent.from_timm("resnet10t", text_dim=features.shape[1], **TINY_CNN)
@@ -176,9 +162,9 @@ def test_training_needs_two_pairs():
         train_student(student, image, torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), config, progress=False)
 
 
-def test_edge_augmentation_trains_and_changes_the_batches(shapes, bert_path):
+def test_edge_augmentation_trains_and_changes_the_batches(shapes, tiny_bert_path):
     images, captions, text_to_image = _one_caption(shapes.select(range(8)))
-    features = FrozenTextEncoder(bert_path, pooling="mean").encode(captions)
+    features = FrozenTextEncoder(tiny_bert_path, pooling="mean").encode(captions)
     runs = []
     for augment in (False, True):
         torch.manual_seed(0)
