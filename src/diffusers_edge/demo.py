@@ -1,0 +1,851 @@
+"""EDGE end to end on the embedded captioned-shapes data with the tiny pretrained stack, offline, on a CPU.
+
+`run_demo(DemoConfig(...))` is what `diffusers-edge demo` runs. Stages (each logged with its wall time):
+
+1. **data**: the captioned-shapes splits the stack was trained on (`one_object`, seed 0, 5000 train / 1000 test);
+2. **fine-tune**: LoRA on the tiny Stable Diffusion with the EDGE objective (denoising MSE + L_C + L_D), through
+   `diffusers_edge.training.train` in-process;
+3. **distill**: at each budget, four generated sets with `EDGEPipeline.distill`: plain generation (untuned SD, the
+   original captions, one caption per image), EDGE without caption synthesis (1 caption per image), EDGE (2 captions
+   per image, the second from the tiny captioner) and EDGE with k-center prompt selection;
+4. **judge**: prompt following of each generator scored by the attribute judge, plus CLIP alignment and diversity;
+5. **evaluate**: the retrieval student trained on every set and on the real-pair baselines (random coreset,
+   herding, k-center; the full train split as the upper reference), several seeds, one code path for all rows;
+6. **report**: `report.md`, `results.json`, `samples.png` and the distilled sets under `sets/`.
+
+Example:
+    >>> from diffusers_edge.demo import DemoConfig, run_demo
+    >>> results = run_demo(DemoConfig.quick_preset(output_dir="edge-demo-quick"))  # doctest: +SKIP
+    >>> sorted(results["tables"])  # doctest: +SKIP
+    ['20']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import platform
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+REAL_ROWS = ("random coreset", "herding", "k-center")
+GENERATED_ROWS = ("plain generation", "EDGE w/o caption synthesis", "EDGE", "EDGE + k-center selection")
+FULL_ROW = "full train split"
+ROW_NOTES = {
+    "random coreset": "real train pairs drawn at random (1 caption per image; each student seed draws its own)",
+    "herding": "real train pairs chosen by herding in the tiny CLIP's joint image+text space (1 caption per image)",
+    "k-center": "real train pairs chosen by greedy k-center in the same space (1 caption per image; seeded start)",
+    "plain generation": "the untuned tiny SD, prompts = randomly chosen original captions, 1 caption per image",
+    "EDGE w/o caption synthesis": "the EDGE-tuned SD (LoRA, L_C + L_D), same prompts and seeds, 1 caption per image",
+    "EDGE": "the EDGE-tuned SD, N/2 images, each with its prompt + 1 caption by the tiny captioner",
+    "EDGE + k-center selection": "as EDGE, prompts chosen by k-center over the tiny CLIP's caption embeddings",
+    FULL_ROW: "every train image with all its captions: the upper reference",
+}
+TABLE_KEYS = (
+    ("IR@1", "t2i_R@1"),
+    ("IR@5", "t2i_R@5"),
+    ("IR@10", "t2i_R@10"),
+    ("TR@1", "i2t_R@1"),
+    ("TR@5", "i2t_R@5"),
+    ("TR@10", "i2t_R@10"),
+    ("r_mean", "r_mean"),
+)
+
+
+@dataclass
+class DemoConfig:
+    """Every setting of the demo (the defaults are the 15-minute CPU run; `quick_preset` the smoke run).
+
+    Attributes:
+        output_dir: where `report.md`, `results.json`, `samples.png` and `sets/` go.
+        cache_dir: datasets cache and cached pool embeddings / full-split reference (default `output_dir/cache`).
+        budgets: distilled-set sizes in (image, caption) pairs.
+        seeds: one student run per seed (the generator and the distilled sets use `generation_seed`).
+        generation_seed: seeds the fine-tune, the prompt selection and every generated image.
+        train_steps: EDGE fine-tuning steps (LoRA).
+        train_batch_size: images per fine-tuning step.
+        learning_rate: LoRA learning rate.
+        lora_rank: LoRA rank.
+        contrastive_weight, diversity_weight, denoise_weight: the EDGE objective's weights.
+        loss_max_timestep: only timesteps <= this enter L_C / L_D (see docs/training.md).
+        inference_steps: DDIM steps per generated image.
+        guidance_scale: classifier-free guidance of every generator.
+        captions_per_image: captions per EDGE image (the prompt + synthesized ones; EDGE's best: 2).
+        student_epochs: student training epochs on every budget-size set.
+        student_batch_size: student batch size.
+        student_eval_every: evaluate the student every N epochs (the last epoch always).
+        student_lr: SGD learning rate of the student.
+        student_channels: stage widths of the student's timm `resnet10t`.
+        test_images: test images used for recall@K (the first N of the 1000-image test split).
+        full_images: train images of the full-split reference (5000 = all of them).
+        full_epochs: epochs of the full-split reference (an epoch there is 25000 pairs).
+        num_threads: torch CPU threads (1 measured fastest on a loaded 2-core machine).
+        device: `cpu` or `cuda` (default: CUDA when available).
+        progress: show progress bars.
+        quick: marks a smoke run in the report.
+    """
+
+    output_dir: str = "edge-demo"
+    cache_dir: str | None = None
+    budgets: list[int] = field(default_factory=lambda: [100, 200])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    generation_seed: int = 0
+    train_steps: int = 100
+    train_batch_size: int = 32
+    learning_rate: float = 5e-4
+    lora_rank: int = 4
+    contrastive_weight: float = 1.0
+    diversity_weight: float = 1.0
+    denoise_weight: float = 1.0
+    loss_max_timestep: int = 500
+    inference_steps: int = 10
+    guidance_scale: float = 3.0
+    captions_per_image: int = 2
+    student_epochs: int = 20
+    student_batch_size: int = 32
+    student_eval_every: int = 5
+    student_lr: float = 0.1
+    student_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    test_images: int = 500
+    full_images: int = 5000
+    full_epochs: int = 1
+    num_threads: int | None = 1
+    device: str | None = None
+    progress: bool = True
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ["train_steps", "train_batch_size", "inference_steps", "student_epochs", "student_eval_every"]
+        positive += ["test_images", "full_images", "full_epochs", "captions_per_image", "lora_rank"]
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)!r}.")
+        if self.student_batch_size < 2:
+            raise ValueError("DemoConfig.student_batch_size must be >= 2: InfoNCE needs negatives in the batch.")
+        if not self.budgets or any(int(b) < 2 for b in self.budgets):
+            raise ValueError(f"DemoConfig.budgets must be pair counts >= 2, got {self.budgets!r}.")
+        if not self.seeds:
+            raise ValueError("DemoConfig.seeds needs at least one seed.")
+        if self.test_images > 1000 or self.full_images > 5000:
+            raise ValueError(
+                f"The shapes test split has 1000 images and the train split 5000; got test_images={self.test_images}"
+                f", full_images={self.full_images}."
+            )
+        self.budgets = [int(b) for b in self.budgets]
+        self.seeds = [int(s) for s in self.seeds]
+        self.student_channels = [int(c) for c in self.student_channels]
+
+    @classmethod
+    def quick_preset(cls, **overrides: Any) -> DemoConfig:
+        """The smoke run (under 3 minutes on a 2-core CPU): one budget of 20 pairs, 1 seed, few steps and epochs.
+
+        Example:
+            >>> DemoConfig.quick_preset(output_dir="x").budgets
+            [20]
+        """
+        values: dict[str, Any] = {
+            "budgets": [20],
+            "seeds": [0],
+            "train_steps": 4,
+            "train_batch_size": 16,
+            "inference_steps": 4,
+            "student_epochs": 4,
+            "student_eval_every": 2,
+            "test_images": 200,
+            "full_images": 300,
+            "full_epochs": 1,
+            "quick": True,
+        }
+        return cls(**{**values, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage bookkeeping
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Stages:
+    """Logs the start and wall time of every stage; keeps the times for the report."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.log(f"[demo] stage {name} ...")
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+        total = time.perf_counter() - self.started
+        self.log(f"[demo] stage {name} done in {time.perf_counter() - started:.1f} s (total {total:.1f} s)")
+
+
+def _print(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation: one code path for every row
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class StudentEvaluator:
+    """Trains the protocol's retrieval student on any normalized set and scores it on a fixed test set.
+
+    The test images and every caption's frozen text feature are prepared once and shared by all rows and seeds;
+    each run uses `diffusers_edge.evaluation.trainer.train_student` / `evaluate_student`, the functions behind
+    `evaluate_dataset`, so every row (coresets, generated sets, the full split) goes through the same code.
+
+    Args:
+        test: the test split (normalized form).
+        config: the student protocol (`protocol_config`).
+        image_encoder: timm model name; `image_encoder_kwargs` its architecture arguments (random init).
+        text_encoder: the frozen text encoder folder; `text_pooling` its pooling.
+        device: where the student runs.
+        progress: show per-run progress bars.
+
+    Example:
+        >>> evaluator = StudentEvaluator(test, protocol_config("lors", epochs=20, image_size=32), "resnet10t",
+        ...                              {"channels": [16, 32, 64, 128]}, shapes_stack_path("text-encoder"))
+        >>> evaluator.evaluate(lambda seed: coreset, seeds=[0, 1, 2])["summary"]["last"]["r_mean"]  # doctest: +SKIP
+        {'mean': ..., 'std': ...}
+    """
+
+    def __init__(
+        self,
+        test: datasets.Dataset,
+        config: Any,
+        image_encoder: str,
+        image_encoder_kwargs: dict[str, Any],
+        text_encoder: str | Path,
+        text_pooling: str = "cls",
+        device: str = "cpu",
+        progress: bool = True,
+    ) -> None:
+        from .evaluation.student import FrozenTextEncoder
+        from .evaluation.trainer import prepare_pairs
+
+        self.config = config
+        self.image_encoder = image_encoder
+        self.image_encoder_kwargs = dict(image_encoder_kwargs)
+        self.device = device
+        self.progress = progress
+        self.texts = FrozenTextEncoder(str(text_encoder), config.max_text_length, device=device, pooling=text_pooling)
+        self.test = prepare_pairs(test, config.image_size, name="the test set")
+        self.test_features = self.encode(self.test.captions)
+
+    def encode(self, captions: Sequence[str]) -> torch.Tensor:
+        """Frozen text features of `captions` (rows in order)."""
+        return self.texts.encode(list(captions), batch_size=self.config.eval_batch_size)
+
+    def evaluate(self, train: Callable[[int], datasets.Dataset], seeds: Sequence[int]) -> dict[str, Any]:
+        """Per seed: a fresh student trained on `train(seed)`; returns runs and mean ± std of last and best."""
+        from .evaluation.student import RetrievalStudent
+        from .evaluation.trainer import evaluate_student, prepare_pairs, summarize, train_student
+
+        runs = []
+        for seed in seeds:
+            started = time.perf_counter()
+            pairs = prepare_pairs(train(seed), self.config.image_size, name=f"the training set of seed {seed}")
+            features = self.encode(pairs.captions)
+            torch.manual_seed(seed)
+            student = RetrievalStudent.from_timm(
+                self.image_encoder,
+                text_dim=self.texts.hidden_size,
+                pretrained=False,
+                dropout=self.config.dropout,
+                logit_scale=self.config.logit_scale,
+                **self.image_encoder_kwargs,
+            ).to(self.device)
+            history = train_student(
+                student,
+                pairs.images,
+                features,
+                pairs.text_to_image,
+                self.config,
+                seed=seed,
+                evaluate=lambda s: evaluate_student(
+                    s, self.test.images, self.test_features, self.test.text_to_image, self.config
+                ),
+                progress=self.progress,
+            )
+            sizes = {"num_images": pairs.num_images, "num_pairs": pairs.num_pairs}
+            runs.append({"seed": seed, "train": sizes, **history, "seconds": time.perf_counter() - started})
+        return {
+            "protocol": self.config.to_dict(),
+            "seeds": list(seeds),
+            "train": runs[0]["train"],
+            "runs": runs,
+            "summary": {
+                "last": summarize([run["last"] for run in runs]),
+                "best": summarize([run["best"] for run in runs]),
+            },
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stages
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _load_data(config: DemoConfig, cache: Path) -> datasets.DatasetDict:
+    from .data.shapes import load_captioned_shapes
+
+    # the split sizes and seed the shipped stack was trained on (docs/shapes-stack.md)
+    return load_captioned_shapes("one_object", seed=0, num_train=5000, num_val=0, num_test=1000, cache_dir=cache)
+
+
+def _finetune(config: DemoConfig, train_split: datasets.Dataset, output_dir: Path) -> dict[str, Any]:
+    from .data.stack import shapes_stack_path
+    from .training import parse_args, train
+
+    argv = [
+        "--pretrained_model_name_or_path", str(shapes_stack_path("stable-diffusion")),
+        "--clip_model_name_or_path", str(shapes_stack_path("clip")),
+        "--output_dir", str(output_dir),
+        "--resolution", "32",
+        "--train_batch_size", str(config.train_batch_size),
+        "--max_train_steps", str(config.train_steps),
+        "--learning_rate", str(config.learning_rate),
+        "--rank", str(config.lora_rank),
+        "--contrastive_weight", str(config.contrastive_weight),
+        "--diversity_weight", str(config.diversity_weight),
+        "--denoise_weight", str(config.denoise_weight),
+        "--loss_max_timestep", str(config.loss_max_timestep),
+        "--seed", str(config.generation_seed),
+        "--checkpointing_steps", str(10**9),
+        "--report_to", "none",
+    ]  # fmt: skip
+    args = parse_args(argv)
+    result = train(args, dataset=train_split)
+    return {
+        "command": ["diffusers-edge", "train", *argv],
+        "weights": str(result.weights_path),
+        "steps": result.global_step,
+        "last_logs": result.last_logs,
+    }
+
+
+def _pipelines(config: DemoConfig, lora_dir: Path, device: str) -> tuple[Any, Any]:
+    from transformers import CLIPModel, CLIPProcessor
+
+    from .data.stack import shapes_stack_path
+    from .pipeline_edge import EDGEPipeline
+
+    sd = str(shapes_stack_path("stable-diffusion"))
+    plain = EDGEPipeline.from_pretrained(sd).to(device)
+    edge = EDGEPipeline.from_pretrained(
+        sd,
+        clip_model=CLIPModel.from_pretrained(shapes_stack_path("clip")),
+        clip_processor=CLIPProcessor.from_pretrained(shapes_stack_path("clip")),
+    ).to(device)
+    edge.load_lora_weights(str(lora_dir))
+    for pipe in (plain, edge):
+        pipe.set_progress_bar_config(disable=True)
+    return plain, edge
+
+
+def _distill_sets(
+    config: DemoConfig, budget: int, source: datasets.Dataset, plain: Any, edge: Any, captioner: Any, sets: Path
+) -> dict[str, tuple[datasets.Dataset, Path]]:
+    """The four generated sets of one budget, written under `sets/`."""
+    common = {
+        "seed": config.generation_seed,
+        "num_inference_steps": config.inference_steps,
+        "guidance_scale": config.guidance_scale,
+        "batch_size": 50,
+        "resume": False,
+        "progress": config.progress,
+    }
+    cpi = config.captions_per_image
+    plans = {
+        "plain generation": (plain, "plain", 1, "random"),
+        "EDGE w/o caption synthesis": (edge, "edge-cpi1", 1, "random"),
+        "EDGE": (edge, f"edge-cpi{cpi}", cpi, "random"),
+        "EDGE + k-center selection": (edge, f"edge-cpi{cpi}-kcenter", cpi, "kcenter"),
+    }
+    out = {}
+    for label, (pipe, name, per_image, selection) in plans.items():
+        folder = sets / f"{name}-{budget}"
+        distilled = pipe.distill(
+            source,
+            num_pairs=budget,
+            captions_per_image=per_image,
+            selection=selection,
+            output_dir=folder,
+            captioner=captioner if per_image > 1 else None,
+            **common,
+        )
+        out[label] = (distilled, folder)
+    return out
+
+
+def _pool_embeddings(train_split: datasets.Dataset, cache: Path, device: str) -> Any:
+    """The tiny CLIP's embeddings of every train image and caption, cached as safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    from .coreset import PoolEmbeddings, embed_pool
+    from .data.stack import shapes_stack_path
+
+    path = cache / f"pool-embeddings-{train_split._fingerprint}.safetensors"
+    if path.is_file():
+        tensors = load_file(str(path))
+        counts = tensors["counts"].tolist()
+        return PoolEmbeddings(tensors["image"], list(tensors["captions"].split(counts)))
+    embeddings = embed_pool(train_split, shapes_stack_path("clip"), device=device)
+    counts = torch.tensor([len(c) for c in embeddings.captions])
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file({"image": embeddings.image, "captions": torch.cat(embeddings.captions), "counts": counts}, str(path))
+    return embeddings
+
+
+def _generation_diagnostics(distilled: datasets.Dataset, judge: Any, clip: tuple[Any, Any]) -> dict[str, Any]:
+    """Judge prompt following (against the prompt), distinct judged scenes, CLIP alignment and similarity."""
+    from .data.shapes import parse_caption
+    from .judge import judge_images, score_prompt_following
+    from .selection import embed_captions
+
+    images = list(distilled["image"])
+    prompts = list(distilled["prompt"])
+    scores = score_prompt_following(images, [parse_caption(p) for p in prompts], judge)
+    judged = judge_images(images, judge)
+    scenes = {tuple(judged[k][i] for k in sorted(judged)) for i in range(len(images))}
+    model, processor = clip
+    with torch.inference_mode():
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        features = model.get_image_features(pixel_values=pixels)
+        features = features if isinstance(features, torch.Tensor) else features.pooler_output
+        image_embeds = torch.nn.functional.normalize(features.float(), dim=-1)
+        text_embeds = embed_captions(prompts, model, processor)
+    n = len(images)
+    similarity = image_embeds @ image_embeds.T
+    off_diagonal = (similarity.sum() - similarity.diagonal().sum()) / max(n * (n - 1), 1)
+    diagnostics = {
+        "prompt_following": scores,
+        "distinct_judged_scenes": len(scenes),
+        "images": n,
+        "clip_alignment": float((image_embeds * text_embeds).sum(-1).mean()),
+        "clip_image_similarity": float(off_diagonal),
+    }
+    synthesized = [c for caps in distilled["captions"] for c in caps[1:]]
+    if synthesized:
+        diagnostics["synthesized_captions"] = _caption_agreement(distilled, judged)
+    return diagnostics
+
+
+def _caption_agreement(distilled: datasets.Dataset, judged: dict[str, list[str]]) -> dict[str, float]:
+    """Percent of synthesized captions that parse and whose shape/colour agree with what the judge sees."""
+    from .data.shapes import parse_caption
+
+    total, parsed, agree = 0, 0, 0
+    for i, captions in enumerate(distilled["captions"]):
+        for caption in captions[1:]:
+            total += 1
+            try:
+                attributes = parse_caption(caption)
+            except ValueError:
+                continue
+            parsed += 1
+            agree += all(attributes[k] == judged[k][i] for k in ("shape", "color"))
+    return {"captions": total, "parsed": 100.0 * parsed / total, "shape+color_as_judged": 100.0 * agree / total}
+
+
+def _student_config(config: DemoConfig, epochs: int) -> Any:
+    from .evaluation.trainer import protocol_config
+
+    # LoRS schedule (x0.1 after epochs // 2 + 1), no augmentation; batch, epochs and image size sized for the CPU
+    return protocol_config(
+        "lors",
+        epochs=epochs,
+        batch_size=config.student_batch_size,
+        lr=config.student_lr,
+        eval_every=min(config.student_eval_every, epochs),
+        lr_milestones=[epochs // 2 + 1],
+        image_size=32,
+    )
+
+
+def _full_reference(
+    config: DemoConfig, train_split: datasets.Dataset, test: datasets.Dataset, cache: Path, device: str
+) -> dict[str, Any]:
+    """The full-split row, cached under `cache/` by its settings (it costs more than all other rows together)."""
+    student = _student_config(config, config.full_epochs)
+    key = {
+        "protocol": student.to_dict(),
+        "channels": config.student_channels,
+        "full_images": config.full_images,
+        "test_images": config.test_images,
+        "seeds": config.seeds,
+        "text_encoder_weights": _file_digest("text-encoder", "model.safetensors"),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache / f"full-reference-{digest}.json"
+    if path.is_file():
+        return {**json.loads(path.read_text(encoding="utf-8")), "cached": str(path)}
+    evaluator = _evaluator(config, student, test, device)
+    pool = train_split.select(range(config.full_images))
+    results = evaluator.evaluate(lambda seed: pool, config.seeds)
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results) + "\n", encoding="utf-8")
+    return {**results, "cached": None}
+
+
+def _file_digest(component: str, name: str) -> str:
+    from .data.stack import shapes_stack_path
+
+    return hashlib.sha256((shapes_stack_path(component) / name).read_bytes()).hexdigest()[:16]
+
+
+def _evaluator(config: DemoConfig, student: Any, test: datasets.Dataset, device: str) -> StudentEvaluator:
+    from .data.stack import shapes_stack_path
+
+    return StudentEvaluator(
+        test,
+        student,
+        "resnet10t",
+        {"channels": config.student_channels, "stem_width": 16},
+        shapes_stack_path("text-encoder"),
+        text_pooling="cls",
+        device=device,
+        progress=config.progress,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _print) -> dict[str, Any]:
+    """Runs the whole demo and writes its folder; returns the `results.json` content.
+
+    Args:
+        config: the settings (default: `DemoConfig()`, the 15-minute CPU run).
+        log: receives one line per stage start and end.
+
+    Example:
+        >>> results = run_demo(DemoConfig.quick_preset(output_dir="edge-demo-quick"))  # doctest: +SKIP
+        >>> results["comparison"]["20"]["EDGE minus plain (r_mean, last)"]  # doctest: +SKIP
+    """
+    from transformers import CLIPModel, CLIPProcessor
+
+    from .captioning import Captioner
+    from .coreset import select_coreset
+    from .data.stack import shapes_stack_path
+    from .judge import load_judge
+
+    config = config or DemoConfig()
+    started = time.perf_counter()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    output_dir = Path(config.output_dir)
+    cache = Path(config.cache_dir) if config.cache_dir else output_dir / "cache"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stage = _Stages(log)
+    log(f"[demo] writing to {output_dir} on {device}; budgets {config.budgets}, seeds {config.seeds}")
+
+    with stage("data"):
+        shapes = _load_data(config, cache)
+        train_split = shapes["train"]
+        test = shapes["test"].select(range(config.test_images))
+    with stage("fine-tune"):
+        finetune = _finetune(config, train_split, output_dir / "edge-lora")
+    with stage("distill"):
+        plain, edge = _pipelines(config, output_dir / "edge-lora", device)
+        captioner = Captioner.from_pretrained(shapes_stack_path("captioner"), device=device)
+        generated = {
+            budget: _distill_sets(config, budget, train_split, plain, edge, captioner, output_dir / "sets")
+            for budget in config.budgets
+        }
+    with stage("judge"):
+        judge = load_judge(device=device)
+        clip_path = shapes_stack_path("clip")
+        clip = (CLIPModel.from_pretrained(clip_path), CLIPProcessor.from_pretrained(clip_path))
+        diagnostics = {
+            str(budget): {label: _generation_diagnostics(ds, judge, clip) for label, (ds, _) in sets.items()}
+            for budget, sets in generated.items()
+        }
+    with stage("coreset embeddings"):
+        embeddings = _pool_embeddings(train_split, cache, device)
+    student = _student_config(config, config.student_epochs)
+    rows: dict[str, dict[str, Any]] = {}
+    with stage("evaluate"):
+        evaluator = _evaluator(config, student, test, device)
+        for budget in config.budgets:
+            rows[str(budget)] = {}
+            for method, label in zip(("random", "herding", "kcenter"), REAL_ROWS, strict=True):
+                log(f"[demo] student: {label}, {budget} pairs, seeds {config.seeds}")
+                rows[str(budget)][label] = evaluator.evaluate(
+                    lambda seed, m=method, b=budget: select_coreset(
+                        train_split, m, b, space="joint", captions_per_image=1, seed=seed, embeddings=embeddings
+                    ),
+                    config.seeds,
+                )
+            for label, (distilled, _) in generated[budget].items():
+                log(f"[demo] student: {label}, {budget} pairs, seeds {config.seeds}")
+                rows[str(budget)][label] = evaluator.evaluate(lambda seed, d=distilled: d, config.seeds)
+    with stage("full-split reference"):
+        full = _full_reference(config, train_split, test, cache, device)
+    with stage("report"):
+        results = _results(config, finetune, generated, diagnostics, rows, full, stage.seconds, device)
+        results["seconds"] = {**stage.seconds, "total": time.perf_counter() - started}
+        write_samples_grid(train_split, generated[config.budgets[0]], output_dir / "samples.png")
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        (output_dir / "report.md").write_text(render_report(results), encoding="utf-8")
+    results["seconds"]["total"] = time.perf_counter() - started
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (output_dir / "report.md").write_text(render_report(results), encoding="utf-8")
+    log(f"[demo] done in {results['seconds']['total']:.1f} s: {output_dir / 'report.md'}")
+    return results
+
+
+def _results(
+    config: DemoConfig,
+    finetune: dict[str, Any],
+    generated: dict[int, dict[str, tuple[datasets.Dataset, Path]]],
+    diagnostics: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+    full: dict[str, Any],
+    seconds: dict[str, float],
+    device: str,
+) -> dict[str, Any]:
+    comparison = {}
+    for budget, table in rows.items():
+        edge = table["EDGE"]["summary"]["last"]["r_mean"]
+        plain = table["plain generation"]["summary"]["last"]["r_mean"]
+        comparison[budget] = {
+            "EDGE r_mean (last)": edge,
+            "plain generation r_mean (last)": plain,
+            "EDGE minus plain (r_mean, last)": edge["mean"] - plain["mean"],
+            "EDGE beats plain": edge["mean"] > plain["mean"],
+        }
+    return {
+        "settings": config.to_dict(),
+        "student_protocol": _student_config(config, config.student_epochs).to_dict(),
+        "student": {"image_encoder": "resnet10t", "channels": config.student_channels, "stem_width": 16,
+                    "pretrained": False, "text_encoder": "shapes-stack text-encoder (frozen BERT)", "pooling": "cls"},
+        "finetune": finetune,
+        "distilled_sets": {
+            str(b): {label: str(folder) for label, (_, folder) in sets.items()} for b, sets in generated.items()
+        },
+        "generation": diagnostics,
+        "tables": rows,
+        "full_reference": full,
+        "comparison": comparison,
+        "row_notes": ROW_NOTES,
+        "environment": {
+            "device": device,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+        },
+        "seconds": dict(seconds),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report and grid
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _cell(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+
+
+def results_markdown(rows: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table: per set a `last` and a `best` line, mean ± std over seeds, with the epochs they come from.
+
+    Example:
+        >>> print(results_markdown({"EDGE": results}).splitlines()[0])  # doctest: +SKIP
+        | set | pairs (images) | epoch | IR@1 | IR@5 | IR@10 | TR@1 | TR@5 | TR@10 | r_mean |
+    """
+    header = "| set | pairs (images) | epoch | " + " | ".join(name for name, _ in TABLE_KEYS) + " |"
+    lines = [header, "|" + "---|" * (len(TABLE_KEYS) + 3)]
+    for label, results in rows.items():
+        runs = results["runs"]
+        size = f"{results['train']['num_pairs']} ({results['train']['num_images']})"
+        last = f"last ({runs[0]['evaluations'][-1]['epoch']})"
+        best = "best (" + ", ".join(str(run["best_epoch"]) for run in runs) + ")"
+        for which, epoch in (("last", last), ("best", best)):
+            stats = results["summary"][which]
+            cells = " | ".join(_cell(stats[key]) for _, key in TABLE_KEYS)
+            lines.append(f"| {label} | {size} | {epoch} | {cells} |")
+    return "\n".join(lines)
+
+
+def _generation_table(diagnostics: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| generated set | images | shape | colour | size | position | shape+colour | all | distinct judged scenes "
+        "| CLIP image-prompt cosine | CLIP image-image cosine | synthesized captions parsed / shape+colour right |",
+        "|" + "---|" * 12,
+    ]
+    for label, d in diagnostics.items():
+        s = d["prompt_following"]
+        caps = d.get("synthesized_captions")
+        synth = f"{caps['parsed']:.1f} / {caps['shape+color_as_judged']:.1f}" if caps else "–"
+        lines.append(
+            f"| {label} | {d['images']} | {s['shape']:.1f} | {s['color']:.1f} | {s['size']:.1f} | "
+            f"{s['position']:.1f} | {s['shape+color']:.1f} | {s['all']:.1f} | {d['distinct_judged_scenes']} | "
+            f"{d['clip_alignment']:.3f} | {d['clip_image_similarity']:.3f} | {synth} |"
+        )
+    return "\n".join(lines)
+
+
+def render_report(results: dict[str, Any]) -> str:
+    """`report.md`: settings, stage times, the tables per budget, the generators' scores and the comparison.
+
+    Example:
+        >>> text = render_report(json.loads(Path("edge-demo/results.json").read_text()))  # doctest: +SKIP
+    """
+    settings = results["settings"]
+    protocol = results["student_protocol"]
+    out = [
+        "# EDGE demo on captioned shapes" + (" (quick smoke run)" if settings["quick"] else ""),
+        "",
+        "Everything below was measured by this run (`diffusers-edge demo`), offline, with the tiny shapes stack "
+        "(docs/shapes-stack.md). Rows are explained in docs/demo.md.",
+        "",
+        "## Wall time per stage",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        *[f"| {name} | {seconds:.1f} |" for name, seconds in results["seconds"].items()],
+        "",
+    ]
+    for budget, rows in results["tables"].items():
+        full = {FULL_ROW: results["full_reference"]}
+        out += [f"## {budget} pairs", "", results_markdown({**rows, **full}), ""]
+        c = results["comparison"][budget]
+        verdict = "beats" if c["EDGE beats plain"] else "does NOT beat"
+        out += [
+            f"EDGE {verdict} plain generation at {budget} pairs: r_mean (last epoch) "
+            f"{_cell(c['EDGE r_mean (last)'])} vs {_cell(c['plain generation r_mean (last)'])} "
+            f"(difference {c['EDGE minus plain (r_mean, last)']:+.1f}).",
+            "",
+            "Generators (judge = attribute classifier, percent of images whose attribute matches the prompt):",
+            "",
+            _generation_table(results["generation"][budget]),
+            "",
+        ]
+    out += [
+        "## Settings",
+        "",
+        f"Student: timm `resnet10t` (channels {results['student']['channels']}, stem 16, random init), frozen "
+        f"shapes-stack BERT (CLS), protocol `{protocol['name']}`: SGD lr {protocol['lr']}, momentum "
+        f"{protocol['momentum']}, weight decay {protocol['weight_decay']}, batch {protocol['batch_size']}, "
+        f"{protocol['epochs']} epochs (x{protocol['lr_gamma']} after epoch {protocol['lr_milestones']}), evaluated "
+        f"every {protocol['eval_every']} epochs, {protocol['image_size']} px, test = first {settings['test_images']} "
+        f"test images with their 5 captions each. Full-split reference: the first {settings['full_images']} train "
+        f"images, all captions, {settings['full_epochs']} epoch(s). Seeds {settings['seeds']}: one fresh student "
+        "per seed; coresets draw with the student seed, generated sets are fixed (generation seed "
+        f"{settings['generation_seed']}). Last = final epoch; best = highest r_mean among the evaluations, selected "
+        "on the test split (optimistic, as LoRS does).",
+        "",
+        "Fine-tune command (run in-process): `" + " ".join(results["finetune"]["command"]) + "`",
+        "",
+        "Every setting:",
+        "",
+        "```json",
+        json.dumps(settings, indent=2),
+        "```",
+        "",
+        "Distilled sets (load with `datasets.load_dataset(folder, split=\"train\")`):",
+        "",
+        *[
+            f"- {budget} pairs, {label}: `{folder}`"
+            for budget, sets in results["distilled_sets"].items()
+            for label, folder in sets.items()
+        ],
+        "",
+    ]
+    return "\n".join(out)
+
+
+_ZOOM = 4
+_TILE = 176
+_LINE = 12
+
+
+def write_samples_grid(
+    train_split: datasets.Dataset, sets: dict[str, tuple[datasets.Dataset, Path]], path: Path, columns: int = 8
+) -> Path:
+    """`samples.png`: rows of real images (the prompts' source images), plain-SD, EDGE w/o synthesis and EDGE
+    generations, each with its captions written under it.
+
+    Example:
+        >>> write_samples_grid(shapes["train"], generated_sets, Path("samples.png"))  # doctest: +SKIP
+    """
+    plain = sets["plain generation"][0]
+    edge_one = sets["EDGE w/o caption synthesis"][0]
+    edge = sets["EDGE"][0]
+    columns = min(columns, plain.num_rows, edge.num_rows)
+    index = {image_id: i for i, image_id in enumerate(train_split["image_id"])}
+    real_rows = [index[plain[i]["source_image_id"]] for i in range(columns)]
+    real = train_split.select(real_rows)
+    bands = [
+        ("real (source of the prompt)", [(r["image"], r["captions"][:2]) for r in real]),
+        ("plain SD (untuned)", [(r["image"], r["captions"]) for r in plain.select(range(columns))]),
+        ("EDGE w/o caption synthesis", [(r["image"], r["captions"]) for r in edge_one.select(range(columns))]),
+        ("EDGE (prompt + synthesized)", [(r["image"], r["captions"]) for r in edge.select(range(columns))]),
+    ]
+    font = ImageFont.load_default()
+    wrap = 28
+    text_lines = 2 + 2 * math.ceil(60 / wrap)
+    tile_h = 32 * _ZOOM + 6 + text_lines * _LINE
+    title_h = 18
+    grid = Image.new("RGB", (columns * _TILE, len(bands) * (tile_h + title_h)), "white")
+    draw = ImageDraw.Draw(grid)
+    for b, (title, cells) in enumerate(bands):
+        top = b * (tile_h + title_h)
+        draw.text((4, top + 3), title, fill="black", font=font)
+        for c, (image, captions) in enumerate(cells):
+            left = c * _TILE
+            grid.paste(image.convert("RGB").resize((32 * _ZOOM,) * 2, Image.NEAREST), (left + 4, top + title_h))
+            y = top + title_h + 32 * _ZOOM + 4
+            for k, caption in enumerate(captions):
+                for line in textwrap.wrap(f"{k + 1}. {caption}", wrap)[: text_lines // 2]:
+                    draw.text((left + 4, y), line, fill="black" if k == 0 else "navy", font=font)
+                    y += _LINE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def finite_numbers(value: Any) -> Iterator[float]:
+    """Every number inside a JSON-like value (for checks such as `all(0 <= x <= 100 ...)`).
+
+    Example:
+        >>> list(finite_numbers({"a": [1, {"b": 2.5}], "c": "x"}))
+        [1.0, 2.5]
+    """
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        yield float(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from finite_numbers(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from finite_numbers(item)
+
+
+__all__ = ["DemoConfig", "StudentEvaluator", "run_demo", "render_report", "results_markdown", "write_samples_grid"]

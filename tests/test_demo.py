@@ -1,0 +1,103 @@
+"""`diffusers-edge demo --quick` end to end (about 2 minutes on a 2-core CPU), and the demo's small helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import datasets
+import pytest
+from PIL import Image
+
+from diffusers_edge.commands.demo import build_parser, config_from_args, main
+from diffusers_edge.demo import DemoConfig, finite_numbers, results_markdown
+
+RECALL_KEYS = ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "r_mean")
+
+
+def _run(seed: int, recalls: dict[str, float], best_epoch: int = 4) -> dict:
+    return {"seed": seed, "evaluations": [{"epoch": 2, **recalls}, {"epoch": 4, **recalls}], "best_epoch": best_epoch}
+
+
+def test_results_markdown_shows_mean_std_and_epochs():
+    recalls = dict.fromkeys(RECALL_KEYS, 10.0)
+    results = {
+        "train": {"num_pairs": 100, "num_images": 50},
+        "runs": [_run(0, recalls, 2), _run(1, recalls, 4)],
+        "summary": {
+            "last": {k: {"mean": 12.0, "std": 1.5} for k in RECALL_KEYS},
+            "best": {k: {"mean": 13.25, "std": 0.0} for k in RECALL_KEYS},
+        },
+    }
+    lines = results_markdown({"EDGE": results}).splitlines()
+    assert lines[0].startswith("| set | pairs (images) | epoch | IR@1 |")
+    assert lines[2] == "| EDGE | 100 (50) | last (4) | " + " | ".join(["12.0 ± 1.5"] * 7) + " |"
+    assert lines[3].startswith("| EDGE | 100 (50) | best (2, 4) | 13.2 ± 0.0 |")
+
+
+def test_config_flags_override_the_quick_preset_and_bad_values_raise():
+    args = build_parser().parse_args(["--quick", "--budgets", "10", "12", "--seeds", "3", "--output_dir", "x"])
+    config = config_from_args(args)
+    assert config.quick and config.budgets == [10, 12] and config.seeds == [3] and config.train_steps == 4
+    assert config_from_args(build_parser().parse_args([])).budgets == [100, 200]
+    with pytest.raises(ValueError, match="budgets"):
+        DemoConfig(budgets=[1])
+    with pytest.raises(ValueError, match="test split has 1000 images"):
+        DemoConfig(test_images=2000)
+    with pytest.raises(ValueError, match="student_epochs"):
+        DemoConfig(student_epochs=0)
+    assert list(finite_numbers({"a": [1, {"b": 2.5}], "c": "x", "d": True})) == [1.0, 2.5]
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("demo") / "edge-demo"
+    assert main(["--quick", "--output_dir", str(output_dir), "--no_progress"]) == 0
+    return output_dir
+
+
+def test_quick_demo_writes_report_grid_results_and_loadable_sets(quick_demo):
+    results = json.loads((quick_demo / "results.json").read_text(encoding="utf-8"))
+    assert list(results["tables"]) == ["20"]
+    rows = results["tables"]["20"]
+    expected = ["random coreset", "herding", "k-center", "plain generation", "EDGE w/o caption synthesis", "EDGE",
+                "EDGE + k-center selection"]
+    assert list(rows) == expected
+    every = [*rows.values(), results["full_reference"]]
+    recalls = [
+        value
+        for row in every
+        for run in row["runs"]
+        for evaluation in run["evaluations"]
+        for key, value in evaluation.items()
+        if key in RECALL_KEYS
+    ]
+    recalls += [row["summary"][w][key]["mean"] for row in every for w in ("last", "best") for key in RECALL_KEYS]
+    generation = [d for sets in results["generation"].values() for d in sets.values()]
+    scores = [v for d in generation for v in d["prompt_following"].values()]
+    # 7 rows evaluated at epochs 2 and 4, the full split (1 epoch) once; last and best of all 8 rows
+    assert len(recalls) == 7 * 2 * 7 + 7 + 8 * 2 * 7 and len(scores) == 4 * 6
+    assert all(math.isfinite(v) and 0 <= v <= 100 for v in recalls + scores)
+    assert all(math.isfinite(v) for v in finite_numbers(results))
+    # the full split is far above chance and above every 20-pair set: the numbers measure something
+    full = results["full_reference"]["summary"]["last"]["r_mean"]["mean"]
+    assert full > 30 and all(full > row["summary"]["last"]["r_mean"]["mean"] for row in rows.values())
+    # budgets count pairs: EDGE keeps 2 captions per image, so half the images
+    assert rows["EDGE"]["train"] == {"num_images": 10, "num_pairs": 20}
+    assert rows["plain generation"]["train"] == {"num_images": 20, "num_pairs": 20}
+
+    report = (quick_demo / "report.md").read_text(encoding="utf-8")
+    edge = rows["EDGE"]["summary"]["last"]["r_mean"]
+    assert "| EDGE | 20 (10) | last (4) |" in report and f"{edge['mean']:.1f} ± {edge['std']:.1f} |" in report
+    assert "fine-tune" in report and "plain generation" in report and "shape+colour" in report
+
+    with Image.open(quick_demo / "samples.png") as grid:
+        assert grid.width >= 8 * 128 and grid.height >= 4 * 128
+
+    folder = results["distilled_sets"]["20"]["EDGE"]
+    distilled = datasets.load_dataset(folder, split="train")
+    assert distilled.num_rows == 10 and all(len(c) == 2 for c in distilled["captions"])
+    assert distilled[0]["image"].size == (32, 32)
+    plain = datasets.load_dataset(results["distilled_sets"]["20"]["plain generation"], split="train")
+    edge_one = datasets.load_dataset(results["distilled_sets"]["20"]["EDGE w/o caption synthesis"], split="train")
+    assert plain["prompt"] == edge_one["prompt"]  # same prompts and seeds: only the generator differs
