@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train the retrieval student on a distilled set or a baseline; report recall@K",
     ),
     "shapes": ("diffusers_edge.commands.shapes", "build the embedded captioned-shapes dataset, print statistics"),
+    "demo": ("diffusers_edge.commands.demo", "run EDGE end to end on the embedded shapes data, offline, on a CPU"),
     "distill": ("diffusers_edge.commands.distill", "generate a distilled image-text set (EDGEPipeline.distill)"),
     "train": ("diffusers_edge.commands.train", "fine-tune Stable Diffusion with the EDGE objective (LoRA or DiffFit)"),
 }
