@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="diffusers-edge",
         description="EDGE multimodal dataset distillation. Run `diffusers-edge COMMAND --help` for a command's flags.",
+        epilog="commands:\n" + "\n".join(f"  {name:<10} {text}" for name, (_, text) in sorted(COMMANDS.items())),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    summary = "; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items())
-    parser.add_argument("command", choices=sorted(COMMANDS), help=summary)
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
