@@ -52,7 +52,7 @@ def test_config_flags_override_the_quick_preset_and_bad_values_raise():
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("demo") / "edge-demo"
-    assert main(["--quick", "--output_dir", str(output_dir), "--no_progress"]) == 0
+    assert main(["--quick", "--output_dir", str(output_dir), "--no_progress", "--seeds", "0", "1"]) == 0
     return output_dir
 
 
@@ -75,13 +75,19 @@ def test_quick_demo_writes_report_grid_results_and_loadable_sets(quick_demo):
     recalls += [row["summary"][w][key]["mean"] for row in every for w in ("last", "best") for key in RECALL_KEYS]
     generation = [d for sets in results["generation"].values() for d in sets.values()]
     scores = [v for d in generation for v in d["prompt_following"].values()]
-    # 7 rows evaluated at epochs 2 and 4, the full split (1 epoch) once; last and best of all 8 rows
-    assert len(recalls) == 7 * 2 * 7 + 7 + 8 * 2 * 7 and len(scores) == 4 * 6
+    # 7 rows evaluated at epochs 2 and 4, the full split (1 epoch) once, for 2 seeds; last and best of all 8 rows
+    assert len(recalls) == 2 * (7 * 2 * 7 + 7) + 8 * 2 * 7 and len(scores) == 4 * 6
     assert all(math.isfinite(v) and 0 <= v <= 100 for v in recalls + scores)
     assert all(math.isfinite(v) for v in finite_numbers(results))
     # the full split is far above chance and above every 20-pair set: the numbers measure something
     full = results["full_reference"]["summary"]["last"]["r_mean"]["mean"]
     assert full > 30 and all(full > row["summary"]["last"]["r_mean"]["mean"] for row in rows.values())
+    # another seed gives other numbers: each seed trains its own student (and draws its own random coreset)
+    for row in every:
+        first, second = (run["evaluations"][-1] for run in row["runs"])
+        assert [first[k] for k in RECALL_KEYS] != [second[k] for k in RECALL_KEYS]
+    change = results["generation"]["20"]["EDGE w/o caption synthesis"]["pixel_change_vs_plain"]
+    assert 0 < change < 255
     # budgets count pairs: EDGE keeps 2 captions per image, so half the images
     assert rows["EDGE"]["train"] == {"num_images": 10, "num_pairs": 20}
     assert rows["plain generation"]["train"] == {"num_images": 20, "num_pairs": 20}
