@@ -60,6 +60,12 @@ _LAZY_NAMES: dict[str, str] = {
     "results_table": "diffusers_edge.evaluation",
     "select_coreset": "diffusers_edge.coreset",
     "embed_pool": "diffusers_edge.coreset",
+    "shapes_stack_path": "diffusers_edge.data.stack",
+    "STACK_COMPONENTS": "diffusers_edge.data.stack",
+    "AttributeJudge": "diffusers_edge.judge",
+    "load_judge": "diffusers_edge.judge",
+    "judge_images": "diffusers_edge.judge",
+    "score_prompt_following": "diffusers_edge.judge",
     "build_clip_tokenizer": "diffusers_edge.tokenization",
     "build_bert_tokenizer": "diffusers_edge.tokenization",
 }
@@ -108,6 +114,7 @@ if TYPE_CHECKING:
         load_source,
         pre_caption,
     )
+    from .data.stack import STACK_COMPONENTS, shapes_stack_path
     from .evaluation import (
         PROTOCOLS,
         ProtocolConfig,
@@ -118,6 +125,7 @@ if TYPE_CHECKING:
         results_table,
         train_student,
     )
+    from .judge import AttributeJudge, judge_images, load_judge, score_prompt_following
     from .losses import bidirectional_contrastive_loss, diversity_loss
     from .metrics import image_text_recall_path
     from .metrics.retrieval import retrieval_recall, retrieval_recall_from_embeddings
