@@ -126,3 +126,21 @@ def test_embed_captions_with_clip_and_kcenter_radius(tiny_clip_path, shapes_capt
     kcenter = radius(kcenter_greedy(embeddings, 20, seed=0))
     random_ = [radius(select_random(300, 20, seed=s)) for s in range(5)]
     assert kcenter < min(random_)
+
+
+def test_kcenter_on_the_shapes_stack_clip_covers_more_scenes_than_random(shapes_captions):
+    """The same criterion through the real code path: captions embedded by the trained shapes CLIP (the stand-in
+    for openai/clip-vit-base-patch32), 100 picks out of 1000 captions, distinct full attribute combinations
+    (shape, colour, size, position; 432 exist). Measured: k-center 100 of 100 for every seed, random 70-74."""
+    from diffusers_edge.data.stack import shapes_stack_path
+
+    captions, attributes = shapes_captions
+    folder = shapes_stack_path("clip")
+    embeddings = embed_captions(captions, CLIPModel.from_pretrained(folder), CLIPProcessor.from_pretrained(folder))
+
+    def scenes(indices):
+        return len({tuple(attributes[i][a] for a in ATTRIBUTES) for i in indices})
+
+    kcenter = [scenes(select_captions(captions, 100, "kcenter", s, embeddings)) for s in range(3)]
+    random_ = [scenes(select_captions(captions, 100, "random", s)) for s in range(3)]
+    assert min(kcenter) >= max(random_) + 15, (kcenter, random_)
