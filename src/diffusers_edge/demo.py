@@ -405,7 +405,8 @@ def _pool_embeddings(train_split: datasets.Dataset, cache: Path, device: str) ->
     from .coreset import PoolEmbeddings, embed_pool
     from .data.stack import shapes_stack_path
 
-    path = cache / f"pool-embeddings-{train_split._fingerprint}.safetensors"
+    # the data is fixed (one_object, seed 0, 5000 images); the key is the CLIP weights that embed it
+    path = cache / f"pool-embeddings-{train_split.num_rows}-{_file_digest('clip', 'model.safetensors')}.safetensors"
     if path.is_file():
         tensors = load_file(str(path))
         counts = tensors["counts"].tolist()
