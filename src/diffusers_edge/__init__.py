@@ -66,6 +66,8 @@ _LAZY_NAMES: dict[str, str] = {
     "load_judge": "diffusers_edge.judge",
     "judge_images": "diffusers_edge.judge",
     "score_prompt_following": "diffusers_edge.judge",
+    "DemoConfig": "diffusers_edge.demo",
+    "run_demo": "diffusers_edge.demo",
     "build_clip_tokenizer": "diffusers_edge.tokenization",
     "build_bert_tokenizer": "diffusers_edge.tokenization",
 }
@@ -115,6 +117,7 @@ if TYPE_CHECKING:
         pre_caption,
     )
     from .data.stack import STACK_COMPONENTS, shapes_stack_path
+    from .demo import DemoConfig, run_demo
     from .evaluation import (
         PROTOCOLS,
         ProtocolConfig,
