@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .evaluation.trainer import TABLE_COLUMNS, mean_std_cell
+
 REAL_ROWS = ("random coreset", "herding", "k-center")
 GENERATED_ROWS = ("plain generation", "EDGE w/o caption synthesis", "EDGE", "EDGE + k-center selection")
 FULL_ROW = "full train split"
@@ -54,16 +56,6 @@ ROW_NOTES = {
     "EDGE + k-center selection": "as EDGE, prompts chosen by k-center over the tiny CLIP's caption embeddings",
     FULL_ROW: "every train image with all its captions: the upper reference",
 }
-TABLE_KEYS = (
-    ("IR@1", "t2i_R@1"),
-    ("IR@5", "t2i_R@5"),
-    ("IR@10", "t2i_R@10"),
-    ("TR@1", "i2t_R@1"),
-    ("TR@5", "i2t_R@5"),
-    ("TR@10", "i2t_R@10"),
-    ("r_mean", "r_mean"),
-)
-
 
 @dataclass
 class DemoConfig:
@@ -687,10 +679,6 @@ def _results(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _cell(stats: dict[str, float]) -> str:
-    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
-
-
 def results_markdown(rows: dict[str, dict[str, Any]]) -> str:
     """A Markdown table: per set a `last` and a `best` line, mean ± std over seeds, with the epochs they come from.
 
@@ -698,8 +686,8 @@ def results_markdown(rows: dict[str, dict[str, Any]]) -> str:
         >>> print(results_markdown({"EDGE": results}).splitlines()[0])  # doctest: +SKIP
         | set | pairs (images) | epoch | IR@1 | IR@5 | IR@10 | TR@1 | TR@5 | TR@10 | r_mean |
     """
-    header = "| set | pairs (images) | epoch | " + " | ".join(name for name, _ in TABLE_KEYS) + " |"
-    lines = [header, "|" + "---|" * (len(TABLE_KEYS) + 3)]
+    header = "| set | pairs (images) | epoch | " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 3)]
     for label, results in rows.items():
         runs = results["runs"]
         size = f"{results['train']['num_pairs']} ({results['train']['num_images']})"
@@ -707,7 +695,7 @@ def results_markdown(rows: dict[str, dict[str, Any]]) -> str:
         best = "best (" + ", ".join(str(run["best_epoch"]) for run in runs) + ")"
         for which, epoch in (("last", last), ("best", best)):
             stats = results["summary"][which]
-            cells = " | ".join(_cell(stats[key]) for _, key in TABLE_KEYS)
+            cells = " | ".join(mean_std_cell(stats[key]) for _, key in TABLE_COLUMNS)
             lines.append(f"| {label} | {size} | {epoch} | {cells} |")
     return "\n".join(lines)
 
@@ -758,7 +746,7 @@ def render_report(results: dict[str, Any]) -> str:
         verdict = "beats" if c["EDGE beats plain"] else "does NOT beat"
         out += [
             f"EDGE {verdict} plain generation at {budget} pairs: r_mean (last epoch) "
-            f"{_cell(c['EDGE r_mean (last)'])} vs {_cell(c['plain generation r_mean (last)'])} "
+            f"{mean_std_cell(c['EDGE r_mean (last)'])} vs {mean_std_cell(c['plain generation r_mean (last)'])} "
             f"(difference {c['EDGE minus plain (r_mean, last)']:+.1f}).",
             "",
             "Generators (judge = attribute classifier, percent of images whose attribute matches the prompt):",

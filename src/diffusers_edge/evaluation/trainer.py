@@ -501,7 +501,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _cell(stats: dict[str, float]) -> str:
+def mean_std_cell(stats: dict[str, float]) -> str:
+    """Formats `{"mean": m, "std": s}` as a table cell, `"m ± s"` with one decimal."""
     return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
 
 
@@ -521,6 +522,6 @@ def results_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
         seeds = len(results["runs"])
         for which in ("last", "best"):
             stats = results["summary"][which]
-            cells = " | ".join(_cell(stats[key]) for _, key in TABLE_COLUMNS)
+            cells = " | ".join(mean_std_cell(stats[key]) for _, key in TABLE_COLUMNS)
             lines.append(f"| {label} ({seeds} seed{'s' if seeds != 1 else ''}) | {which} | {cells} |")
     return "\n".join(lines)
