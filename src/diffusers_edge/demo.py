@@ -59,7 +59,7 @@ ROW_NOTES = {
 
 @dataclass
 class DemoConfig:
-    """Every setting of the demo (the defaults are the 15-minute CPU run; `quick_preset` the smoke run).
+    """Every setting of the demo (the defaults are the ~10-minute CPU run, under 15; `quick_preset` the smoke run).
 
     Attributes:
         output_dir: where `report.md`, `results.json`, `samples.png` and `sets/` go.
@@ -547,7 +547,7 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
     """Runs the whole demo and writes its folder; returns the `results.json` content.
 
     Args:
-        config: the settings (default: `DemoConfig()`, the 15-minute CPU run).
+        config: the settings (default: `DemoConfig()`, the ~10-minute CPU run).
         log: receives one line per stage start and end.
 
     Example:

@@ -3,7 +3,7 @@
 Fine-tunes the tiny Stable Diffusion with the EDGE objective (LoRA), distills sets at each budget (plain
 generation, EDGE with and without caption synthesis, EDGE with k-center prompts), trains the retrieval student on
 them and on real-pair baselines, and writes `report.md`, `results.json`, `samples.png` and the distilled sets.
-About 15 minutes on a 2-core CPU by default; `--quick` is a smoke run of under 3 minutes. See docs/demo.md.
+About 10 minutes on a 2-core CPU by default (under 15); `--quick` is a smoke run of under 3 minutes. See docs/demo.md.
 
 Examples:
     $ diffusers-edge demo
