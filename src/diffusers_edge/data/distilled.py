@@ -43,7 +43,7 @@ import PIL.Image
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
-from .format import CAPTIONS_COLUMN, IMAGE_COLUMN, IMAGE_ID_COLUMN, check_captions
+from .format import CAPTIONS_COLUMN, IMAGE_COLUMN, IMAGE_ID_COLUMN, NORMALIZED_FEATURES, check_captions
 
 PROMPT_COLUMN = "prompt"
 SEED_COLUMN = "seed"
@@ -51,9 +51,7 @@ SOURCE_IMAGE_ID_COLUMN = "source_image_id"
 
 DISTILLED_FEATURES = datasets.Features(
     {
-        IMAGE_COLUMN: datasets.Image(),
-        CAPTIONS_COLUMN: datasets.List(datasets.Value("string")),
-        IMAGE_ID_COLUMN: datasets.Value("string"),
+        **NORMALIZED_FEATURES,
         PROMPT_COLUMN: datasets.Value("string"),
         SEED_COLUMN: datasets.Value("int64"),
         SOURCE_IMAGE_ID_COLUMN: datasets.Value("string"),
