@@ -14,7 +14,8 @@ A short front for `diffusers-edge evaluate` (same flags; run with --help). Examp
 
 import sys
 
-from diffusers_edge.commands.evaluate import build_parser, run
+from diffusers_edge.commands.evaluate import build_parser
+from diffusers_edge.commands.evaluate import main as _main
 
 
 def parse_args(argv=None):
@@ -22,12 +23,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    record = run(args, argv)
-    print(record["table"])
-    print(f"\n{record['results']['note']}")
-    return 0
+    """Parses the flags, trains and evaluates the students, prints the table; returns 0."""
+    return _main(argv)
 
 
 if __name__ == "__main__":
