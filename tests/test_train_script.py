@@ -134,3 +134,9 @@ def test_bad_data_fails_before_training(tiny, tmp_path):
     with pytest.raises(ValueError, match="none of the caption columns"):
         train_command(flags)
     assert not (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_train_command_names_itself_in_usage_errors(capsys):
+    with pytest.raises(SystemExit):
+        train_command(["--output_dir", "x"])  # --pretrained_model_name_or_path is required
+    assert "usage: diffusers-edge train" in capsys.readouterr().err

@@ -327,9 +327,14 @@ def check_clip_model(clip_model: Any, tokenizer: Any, image_processor: Any, name
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `examples/train_edge.py` and `diffusers-edge train` (diffusers' flag names)."""
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of `examples/train_edge.py` and `diffusers-edge train` (diffusers' flag names).
+
+    Args:
+        prog: the program name in usage and error lines (default: the running script's name).
+    """
     p = argparse.ArgumentParser(
+        prog=prog,
         description="Fine-tune Stable Diffusion with the EDGE objective (arXiv 2509.15472); LoRA in diffusers format."
     )
     g = p.add_argument_group("models")
@@ -442,14 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parses and checks the training flags (`argv=None` reads `sys.argv`).
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    """Parses and checks the training flags (`argv=None` reads `sys.argv`; `prog` names the program in errors).
 
     Example:
         >>> parse_args(["--pretrained_model_name_or_path", "sd", "--dataset_name", "x", "--rank", "8"]).rank
         8
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     check_args(args)
     return args
 

@@ -17,7 +17,7 @@ from ..training import parse_args, train
 
 def main(argv: list[str] | None = None) -> int:
     """Parses `argv` (default: the command line), trains, prints where the weights went; returns 0."""
-    result = train(parse_args(sys.argv[1:] if argv is None else argv))
+    result = train(parse_args(sys.argv[1:] if argv is None else argv, prog="diffusers-edge train"))
     print(f"EDGE weights written to {result.weights_path} after {result.global_step} steps")
     return 0
 
