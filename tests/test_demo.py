@@ -40,6 +40,9 @@ def test_config_flags_override_the_quick_preset_and_bad_values_raise():
     config = config_from_args(args)
     assert config.quick and config.budgets == [10, 12] and config.seeds == [3] and config.train_steps == 4
     assert config_from_args(build_parser().parse_args([])).budgets == [100, 200]
+    assert config_from_args(build_parser().parse_args([])).stable_diffusion().endswith("stable-diffusion")
+    other = config_from_args(build_parser().parse_args(["--pretrained_model_name_or_path", "my/sd"]))
+    assert other.stable_diffusion() == "my/sd" and other.to_dict()["pretrained_model_name_or_path"] == "my/sd"
     with pytest.raises(ValueError, match="budgets"):
         DemoConfig(budgets=[1])
     with pytest.raises(ValueError, match="test split has 1000 images"):

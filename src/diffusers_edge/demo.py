@@ -64,6 +64,8 @@ class DemoConfig:
     Attributes:
         output_dir: where `report.md`, `results.json`, `samples.png` and `sets/` go.
         cache_dir: datasets cache and cached pool embeddings / full-split reference (default `output_dir/cache`).
+        pretrained_model_name_or_path: the Stable Diffusion folder both generators start from (default: the
+            stack's `stable-diffusion/`); it must draw 32 px shapes with the stack's CLIP tokenizer.
         budgets: distilled-set sizes in (image, caption) pairs.
         seeds: one student run per seed (the generator and the distilled sets use `generation_seed`).
         generation_seed: seeds the fine-tune, the prompt selection and every generated image.
@@ -92,6 +94,7 @@ class DemoConfig:
 
     output_dir: str = "edge-demo"
     cache_dir: str | None = None
+    pretrained_model_name_or_path: str | None = None
     budgets: list[int] = field(default_factory=lambda: [100, 200])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     generation_seed: int = 0
@@ -165,6 +168,12 @@ class DemoConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def stable_diffusion(self) -> str:
+        """The Stable Diffusion folder the generators start from (the stack's unless set)."""
+        from .data.stack import shapes_stack_path
+
+        return self.pretrained_model_name_or_path or str(shapes_stack_path("stable-diffusion"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -310,7 +319,7 @@ def _finetune(config: DemoConfig, train_split: datasets.Dataset, output_dir: Pat
     from .training import parse_args, train
 
     argv = [
-        "--pretrained_model_name_or_path", str(shapes_stack_path("stable-diffusion")),
+        "--pretrained_model_name_or_path", config.stable_diffusion(),
         "--clip_model_name_or_path", str(shapes_stack_path("clip")),
         "--output_dir", str(output_dir),
         "--resolution", "32",
@@ -342,7 +351,7 @@ def _pipelines(config: DemoConfig, lora_dir: Path, device: str) -> tuple[Any, An
     from .data.stack import shapes_stack_path
     from .pipeline_edge import EDGEPipeline
 
-    sd = str(shapes_stack_path("stable-diffusion"))
+    sd = config.stable_diffusion()
     plain = EDGEPipeline.from_pretrained(sd).to(device)
     edge = EDGEPipeline.from_pretrained(
         sd,

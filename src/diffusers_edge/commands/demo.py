@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 pairs, 1 seed, few steps (< 3 min)")
     parser.add_argument("--output_dir", default="edge-demo", help="where report.md, results.json, ... go")
     parser.add_argument("--cache_dir", default=None, help="data and cached embeddings (default: OUTPUT_DIR/cache)")
+    parser.add_argument("--pretrained_model_name_or_path", default=None,
+                        help="Stable Diffusion folder the generators start from (default: the stack's)")
     parser.add_argument("--budgets", type=int, nargs="+", help="distilled-set sizes in pairs (default 100 200)")
     parser.add_argument("--seeds", type=int, nargs="+", help="student seeds (default 0 1 2)")
     parser.add_argument("--generation_seed", type=int, help="seed of the fine-tune, prompts and images (default 0)")
