@@ -15,8 +15,13 @@ Configurations (random weights, built offline):
 - mid: a 3-level UNet (64/128/256 channels) and a 3-level VAE at 128 px (32x32x4 latents), a 4-layer CLIP at 112 px.
 - sd15 (CUDA only): Stable Diffusion v1.5 shapes (UNet 860M, VAE 84M, text 123M) and CLIP ViT-B/32 at 512 px, bf16.
 
+With `--clip_loss_inputs rollout` the EDGE step computes its CLIP losses on 4-step DDIM rollouts from noise
+(guidance 3) instead of one-step x0 (docs/training.md); the forward-pass split then leaves the rollout's UNet passes
+in the rest.
+
 Usage:
     python benchmarks/bench_train_step.py                       # tiny and mid on CPU
+    python benchmarks/bench_train_step.py --configs tiny --batch_sizes 32 --clip_loss_inputs one_step rollout
     python benchmarks/bench_train_step.py --configs sd15 --batch_sizes 1 4 8 --gradient_checkpointing both
 """
 
@@ -148,7 +153,14 @@ def prepare(name: str, device: torch.device) -> dict[str, Any]:
     return parts
 
 
-def measure(parts: dict[str, Any], batch_size: int, repeats: int, device: torch.device, checkpointing: bool) -> dict:
+def measure(
+    parts: dict[str, Any],
+    batch_size: int,
+    repeats: int,
+    device: torch.device,
+    checkpointing: bool,
+    clip_inputs: str = "one_step",
+) -> dict:
     """Medians (seconds) of both steps and of the extra forward passes, plus memory, for one batch size."""
     unet, vae, clip, dtype, optimizer = parts["unet"], parts["vae"], parts["clip"], parts["dtype"], parts["optimizer"]
     for module in (unet, vae):
@@ -165,11 +177,14 @@ def measure(parts: dict[str, Any], batch_size: int, repeats: int, device: torch.
     )  # fmt: skip
     batch["caption_groups"] = torch.arange(batch_size)
     image_processor = parts["processor"].image_processor
+    with torch.no_grad():
+        empty = parts["tokenizer"]([""], padding="max_length", return_tensors="pt").input_ids.to(device)
+        uncond = parts["text_encoder"](empty)[0]
     make = lambda config: EDGEObjective(  # noqa: E731
-        unet, vae, parts["text_encoder"], clip, image_processor, _scheduler(), config
+        unet, vae, parts["text_encoder"], clip, image_processor, _scheduler(), config, uncond
     )
     plain = make(EDGELossConfig(contrastive_weight=0.0, diversity_weight=0.0))
-    edge = make(EDGELossConfig(loss_max_timestep=999))
+    edge = make(EDGELossConfig(loss_max_timestep=999, clip_inputs=clip_inputs))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     def step(objective: EDGEObjective, counter: list[int] | None = None) -> None:
@@ -217,22 +232,25 @@ def measure(parts: dict[str, Any], batch_size: int, repeats: int, device: torch.
             counter = [0]
             step(objective, counter)
             result[key] = counter[0] / 2**20
-    result.update(config=parts["name"], batch=batch_size, resolution=res, checkpointing=checkpointing)
+    result.update(config=parts["name"], batch=batch_size, resolution=res, checkpointing=checkpointing,
+                  clip_inputs=clip_inputs)
     return result
 
 
 def table(rows: list[dict[str, Any]], device: torch.device) -> str:
     memory = "peak GPU MiB" if device.type == "cuda" else "saved activations MiB"
     head = (
-        f"| config | px | batch | ckpt | plain step ms | EDGE step ms | ratio | VAE decode fwd ms | CLIP image fwd ms "
+        "| config | px | batch | ckpt | CLIP losses on | plain step ms | EDGE step ms | ratio | VAE decode fwd ms "
+        "| CLIP image fwd ms "
         f"| CLIP text ms | backward through decoder+CLIP ms | {memory} plain / EDGE |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
         rest = r["edge"] - r["plain"] - r["decode"] - r["clip_image"] - r["clip_text"]
         lines.append(
             f"| {r['config']} | {r['resolution']} | {r['batch']} | {'yes' if r['checkpointing'] else 'no'} "
+            f"| {r['clip_inputs']} "
             f"| {1e3 * r['plain']:.0f} | {1e3 * r['edge']:.0f} | {r['edge'] / r['plain']:.2f} "
             f"| {1e3 * r['decode']:.0f} | {1e3 * r['clip_image']:.0f} | {1e3 * r['clip_text']:.0f} | {1e3 * rest:.0f} "
             f"| {r['plain_mem']:.0f} / {r['edge_mem']:.0f} |"
@@ -248,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gradient_checkpointing", choices=["no", "yes", "both"], default="no")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU time is then ~ wall time)")
+    parser.add_argument("--clip_loss_inputs", nargs="+", default=["one_step"], choices=["one_step", "rollout"])
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -258,8 +277,9 @@ def main(argv: list[str] | None = None) -> None:
         parts = prepare(name, device)
         for batch_size in args.batch_sizes:
             for ckpt in checkpointing:
-                rows.append(measure(parts, batch_size, args.repeats, device, ckpt))
-                print(table(rows[-1:], device).splitlines()[-1], flush=True)
+                for inputs in args.clip_loss_inputs:
+                    rows.append(measure(parts, batch_size, args.repeats, device, ckpt, inputs))
+                    print(table(rows[-1:], device).splitlines()[-1], flush=True)
     print()
     print(table(rows, device))
 

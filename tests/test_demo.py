@@ -47,6 +47,9 @@ def test_config_flags_override_the_quick_preset_and_bad_values_raise():
         DemoConfig(budgets=[1])
     with pytest.raises(ValueError, match="test split has 1000 images"):
         DemoConfig(test_images=2000)
+    with pytest.raises(ValueError, match="clip_loss_inputs"):
+        DemoConfig(clip_loss_inputs="two_step")
+    assert config_from_args(build_parser().parse_args(["--clip_loss_inputs", "rollout"])).clip_loss_inputs == "rollout"
     with pytest.raises(ValueError, match="student_epochs"):
         DemoConfig(student_epochs=0)
     assert list(finite_numbers({"a": [1, {"b": 2.5}], "c": "x", "d": True})) == [1.0, 2.5]

@@ -29,6 +29,7 @@ from diffusers_edge.training import (
     parse_args,
     predict_x0,
     resolve_checkpoint,
+    rollout_latents,
     save_difffit,
     train,
 )
@@ -117,14 +118,61 @@ def test_clip_pixel_values_match_the_clip_image_processor():
 # ------------------------------------------------------------------------------------------------ the objective
 
 
-def _objective(components, config, finetune="lora"):
+def _objective(components, config, finetune="lora", uncond=None):
     pipe, clip, processor = components
     unet = type(pipe.unet).from_config(pipe.unet.config)
     unet.load_state_dict(pipe.unet.state_dict())
     args = argparse.Namespace(finetune=finetune, rank=4, lora_alpha=8, use_dora=False)
     params = add_trainable_parameters(unet, args)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    return EDGEObjective(unet, pipe.vae, pipe.text_encoder, clip, processor.image_processor, scheduler, config), params
+    objective = EDGEObjective(
+        unet, pipe.vae, pipe.text_encoder, clip, processor.image_processor, scheduler, config, uncond
+    )
+    return objective, params
+
+
+def _text_states(pipe, captions):
+    ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_rollout_samples_what_the_pipeline_samples(components, guidance_scale):
+    from diffusers import DDIMScheduler
+
+    pipe, _, _ = components
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    text, empty = _text_states(pipe, ["a red circle", "a white cross"]), _text_states(pipe, [""])
+    sampler = StableDiffusionPipeline(**{**pipe.components, "scheduler": scheduler})
+    sampler.set_progress_bar_config(disable=True)
+    expected = sampler(prompt_embeds=text, negative_prompt_embeds=empty.expand(2, -1, -1), latents=noise.clone(),
+                       num_inference_steps=3, guidance_scale=guidance_scale, output_type="latent").images
+    scheduler.set_timesteps(3)
+    with torch.no_grad():
+        ours = rollout_latents(pipe.unet, scheduler, noise, text, empty, guidance_scale)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rollout_losses_ignore_timesteps_and_train_the_lora_through_the_sampler(components):
+    pipe, _, processor = components
+    captions = ["a red circle", "a blue square", "a white cross"]
+    config = EDGELossConfig(denoise_weight=0.0, loss_max_timestep=0, clip_inputs="rollout", rollout_steps=2)
+    with pytest.raises(ValueError, match="uncond_hidden_states"):
+        _objective(components, config)
+    objective, params = _objective(components, config, uncond=_text_states(pipe, [""]))
+    batch = _batch(pipe, processor, captions, keep=[True, False, True])
+    out = objective(batch, torch.Generator().manual_seed(0))
+    assert out.num_clip_pairs == 2 and out.contrastive.item() > 0  # t <= 0 would have kept none
+    again = objective(batch, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.loss, out.loss)
+    out.loss.backward()  # the MSE weighs 0: LoRA gradients came back through CLIP, the VAE and 2 sampler steps
+    names = {id(p): n for n, p in objective.unet.named_parameters()}
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params if "lora_B" in names[id(p)])
+    other = objective(batch, torch.Generator().manual_seed(1))
+    assert not torch.equal(other.loss.detach(), out.loss.detach())  # another draw of the starting noise
 
 
 def test_unet_sees_the_noisy_latents(components):
@@ -270,6 +318,8 @@ def test_clip_model_with_mismatched_projections_is_refused(tiny_clip):
 def test_bad_flags_fail_early(tiny_sd, tiny_clip, tmp_path):
     with pytest.raises(ValueError, match="--caption_dropout"):
         _args(tiny_sd, tiny_clip, tmp_path, "--caption_dropout", "1.0")
+    with pytest.raises(ValueError, match="--rollout_steps must be >= 1"):
+        _args(tiny_sd, tiny_clip, tmp_path, "--clip_loss_inputs", "rollout", "--rollout_steps", "0")
     with pytest.raises(ValueError, match="all loss weights are 0"):
         _args(tiny_sd, tiny_clip, tmp_path, *"--denoise_weight 0 --contrastive_weight 0 --diversity_weight 0".split())
     with pytest.raises(FileNotFoundError, match="checkpoint-7"):
@@ -313,6 +363,13 @@ def test_accumulation_steps_line_up_with_epochs(tiny_sd, tiny_clip, tmp_path):
     assert sorted(p.name for p in (tmp_path / "acc").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     with pytest.raises(ValueError, match="--gradient_accumulation_steps 4 exceeds the 3 batches"):
         train(_args(tiny_sd, tiny_clip, tmp_path / "acc4", "--gradient_accumulation_steps", "4"), six)
+
+
+def test_train_with_rollout_inputs_saves_a_lora_and_says_so_in_the_card(tiny_sd, tiny_clip, tmp_path):
+    flags = ["--max_train_steps", "1", "--clip_loss_inputs", "rollout", "--rollout_steps", "2"]
+    result = train(_args(tiny_sd, tiny_clip, tmp_path / "rollout", *flags), _dataset())
+    assert result.weights_path.is_file() and result.last_logs["clip_pairs"] > 0
+    assert "rollouts: 2 DDIM steps from noise, guidance 3.0" in (tmp_path / "rollout" / "README.md").read_text()
 
 
 # ------------------------------------------------------------------------------------------------ resume

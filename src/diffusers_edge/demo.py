@@ -75,6 +75,8 @@ class DemoConfig:
         lora_rank: LoRA rank.
         contrastive_weight, diversity_weight, denoise_weight: the EDGE objective's weights.
         loss_max_timestep: only timesteps <= this enter L_C / L_D (see docs/training.md).
+        clip_loss_inputs: what L_C / L_D see: `"one_step"` (x0 of noisy train latents, the paper) or `"rollout"`
+            (the generator's own 4-step DDIM samples at `guidance_scale`; docs/demo.md measures both).
         inference_steps: DDIM steps per generated image.
         guidance_scale: classifier-free guidance of every generator.
         captions_per_image: captions per EDGE image (the prompt + synthesized ones; EDGE's best: 2).
@@ -106,6 +108,7 @@ class DemoConfig:
     diversity_weight: float = 1.0
     denoise_weight: float = 1.0
     loss_max_timestep: int = 500
+    clip_loss_inputs: str = "one_step"
     inference_steps: int = 10
     guidance_scale: float = 3.0
     captions_per_image: int = 2
@@ -134,6 +137,10 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.budgets must be pair counts >= 2, got {self.budgets!r}.")
         if not self.seeds:
             raise ValueError("DemoConfig.seeds needs at least one seed.")
+        if self.clip_loss_inputs not in ("one_step", "rollout"):
+            raise ValueError(
+                f"DemoConfig.clip_loss_inputs must be 'one_step' or 'rollout', got {self.clip_loss_inputs!r}."
+            )
         if self.test_images > 1000 or self.full_images > 5000:
             raise ValueError(
                 f"The shapes test split has 1000 images and the train split 5000; got test_images={self.test_images}"
@@ -331,6 +338,8 @@ def _finetune(config: DemoConfig, train_split: datasets.Dataset, output_dir: Pat
         "--diversity_weight", str(config.diversity_weight),
         "--denoise_weight", str(config.denoise_weight),
         "--loss_max_timestep", str(config.loss_max_timestep),
+        "--clip_loss_inputs", config.clip_loss_inputs,
+        "--rollout_guidance_scale", str(config.guidance_scale),
         "--seed", str(config.generation_seed),
         "--checkpointing_steps", str(10**9),
         "--report_to", "none",

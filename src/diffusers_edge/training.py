@@ -75,6 +75,13 @@ class EDGELossConfig:
         clip_batch_size: at most this many eligible samples enter the CLIP losses (memory); `None`: all of them.
         loss_resolution: side in pixels at which x0 is decoded for the CLIP losses (x0 latents are resized first);
             `None`: the training resolution.
+        clip_inputs: what the CLIP losses see. `"one_step"`: the one-step x0 predictions of the batch's noisy
+            latents (EDGE, section 3); `"rollout"`: the model's own samples, `rollout_steps` DDIM steps from pure
+            noise with classifier-free guidance `rollout_guidance_scale`, gradients through every step (our
+            variant: the distilled set is sampled from noise, which one-step x0 of real latents never sees;
+            docs/demo.md measures the difference). `loss_max_timestep` only applies to `"one_step"`.
+        rollout_steps: DDIM steps of a rollout.
+        rollout_guidance_scale: classifier-free guidance of a rollout (1 disables it).
     """
 
     denoise_weight: float = 1.0
@@ -84,6 +91,9 @@ class EDGELossConfig:
     loss_max_timestep: int = 500
     clip_batch_size: int | None = None
     loss_resolution: int | None = None
+    clip_inputs: str = "one_step"
+    rollout_steps: int = 4
+    rollout_guidance_scale: float = 3.0
 
     @property
     def uses_clip(self) -> bool:
@@ -138,6 +148,40 @@ def predict_x0(
     raise ValueError(f"unsupported prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample.")
 
 
+def rollout_latents(
+    unet: torch.nn.Module,
+    scheduler: Any,
+    latents: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    uncond_hidden_states: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """Samples from `latents` (pure noise) with `scheduler` as `StableDiffusionPipeline` does, keeping gradients.
+
+    `scheduler.set_timesteps` must have been called. With `guidance_scale > 1` the unconditional and conditional
+    predictions are combined as in classifier-free guidance (`uncond_hidden_states`: the embedding of "", one row).
+
+    Example:
+        >>> scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # doctest: +SKIP
+        >>> scheduler.set_timesteps(4)  # doctest: +SKIP
+        >>> noise = torch.randn(2, 4, 8, 8)
+        >>> z0 = rollout_latents(pipe.unet, scheduler, noise, text_states, empty_states, 3.0)  # doctest: +SKIP
+    """
+    guided = guidance_scale > 1
+    if guided:
+        uncond = uncond_hidden_states.expand(len(latents), -1, -1).to(encoder_hidden_states.dtype)
+        encoder_hidden_states = torch.cat([uncond, encoder_hidden_states])
+    latents = latents * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
+        output = unet(model_input, t, encoder_hidden_states, return_dict=False)[0]
+        if guided:
+            uncond_output, text_output = output.chunk(2)
+            output = uncond_output + guidance_scale * (text_output - uncond_output)
+        latents = scheduler.step(output, t, latents, return_dict=False)[0]
+    return latents
+
+
 def clip_pixel_values(images: torch.Tensor, image_processor: Any) -> torch.Tensor:
     """Differentiable version of what a CLIP image processor does to pictures, for images in [-1, 1].
 
@@ -184,6 +228,8 @@ class EDGEObjective:
         image_processor: the CLIP model's image processor (sizes, mean, std).
         noise_scheduler: the training scheduler (`DDPMScheduler` with the model's `prediction_type`).
         config: loss weights and options.
+        uncond_hidden_states: the text encoder's states for "" (one row); needed by `clip_inputs="rollout"` with
+            guidance.
 
     A batch is a dict with `pixel_values` (B, 3, H, W) in [-1, 1], `input_ids` (SD tokenizer, dropped captions
     already replaced by ""), `clip_input_ids` / `clip_attention_mask` (CLIP tokenizer, the real captions),
@@ -205,7 +251,12 @@ class EDGEObjective:
         image_processor: Any,
         noise_scheduler: Any,
         config: EDGELossConfig,
+        uncond_hidden_states: torch.Tensor | None = None,
     ) -> None:
+        if config.clip_inputs not in ("one_step", "rollout"):
+            raise ValueError(f"clip_inputs must be 'one_step' or 'rollout', got {config.clip_inputs!r}.")
+        if config.clip_inputs == "rollout" and config.rollout_guidance_scale > 1 and uncond_hidden_states is None:
+            raise ValueError("clip_inputs='rollout' with guidance needs uncond_hidden_states (the states of '').")
         for frozen in (vae, text_encoder, clip_model):
             frozen.requires_grad_(False)
         self.unet = unet
@@ -216,6 +267,13 @@ class EDGEObjective:
         self.noise_scheduler = noise_scheduler
         self.config = config
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.uncond_hidden_states = uncond_hidden_states
+        self.rollout_scheduler = None
+        if config.clip_inputs == "rollout":
+            from diffusers import DDIMScheduler
+
+            self.rollout_scheduler = DDIMScheduler.from_config(noise_scheduler.config)
+            self.rollout_scheduler.set_timesteps(config.rollout_steps)
 
     def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> EDGELossOutput:
         device, dtype = self.vae.device, self.vae.dtype
@@ -245,8 +303,8 @@ class EDGEObjective:
             selected = self._clip_indices(timesteps, batch["clip_keep"].to(device))
             pairs = len(selected)
             if pairs:
-                x0 = predict_x0(
-                    model_pred[selected], noisy_latents[selected], timesteps[selected], self.noise_scheduler
+                x0 = self._clip_latents(
+                    model_pred, noisy_latents, timesteps, encoder_hidden_states, selected, generator
                 )
                 image_embeds = self._image_embeds(x0)
                 text_embeds = self._text_embeds(batch, selected)
@@ -262,8 +320,36 @@ class EDGEObjective:
         )
         return EDGELossOutput(loss, denoise.detach(), contrastive.detach(), diversity.detach(), pairs)
 
+    def _clip_latents(
+        self,
+        model_pred: torch.Tensor,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        selected: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """The latents the CLIP losses decode: one-step x0 of the selected rows, or their rollouts from noise."""
+        if self.rollout_scheduler is None:
+            return predict_x0(model_pred[selected], noisy_latents[selected], timesteps[selected], self.noise_scheduler)
+        shape = (len(selected), *noisy_latents.shape[1:])
+        start = torch.randn(shape, generator=generator, dtype=torch.float32).to(noisy_latents.device)
+        uncond = self.uncond_hidden_states
+        latents = rollout_latents(
+            self.unet,
+            self.rollout_scheduler,
+            start.to(encoder_hidden_states.dtype),
+            encoder_hidden_states[selected],
+            None if uncond is None else uncond.to(encoder_hidden_states.device),
+            self.config.rollout_guidance_scale,
+        )
+        return latents.float()
+
     def _clip_indices(self, timesteps: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        eligible = torch.nonzero((timesteps <= self.config.loss_max_timestep) & keep.bool()).flatten()
+        eligible = keep.bool()
+        if self.rollout_scheduler is None:  # a rollout starts from noise: the batch's timesteps do not matter
+            eligible = eligible & (timesteps <= self.config.loss_max_timestep)
+        eligible = torch.nonzero(eligible).flatten()
         if self.config.clip_batch_size is not None:
             eligible = eligible[: self.config.clip_batch_size]
         return eligible
@@ -335,7 +421,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Fine-tune Stable Diffusion with the EDGE objective (arXiv 2509.15472); LoRA in diffusers format."
+        description="Fine-tune Stable Diffusion with the EDGE objective (arXiv 2509.15472); LoRA in diffusers format.",
     )
     g = p.add_argument_group("models")
     g.add_argument("--pretrained_model_name_or_path", type=str, required=True, help="Stable Diffusion repo or folder.")
@@ -414,6 +500,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     g.add_argument("--clip_batch_size", type=int, default=None, help="Cap on the CLIP losses' sub-batch (memory).")
     g.add_argument(
+        "--clip_loss_inputs",
+        type=str,
+        default="one_step",
+        choices=["one_step", "rollout"],
+        help="What L_C/L_D see: one-step x0 of the noisy batch (paper) or the model's own samples from noise.",
+    )
+    g.add_argument("--rollout_steps", type=int, default=4, help="DDIM steps of a rollout (rollout inputs).")
+    g.add_argument("--rollout_guidance_scale", type=float, default=3.0, help="Classifier-free guidance of a rollout.")
+    g.add_argument(
         "--loss_resolution", type=int, default=None, help="Decode x0 at this side for the CLIP losses (memory)."
     )
     g.add_argument(
@@ -478,6 +573,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--temperature must be positive, got {args.temperature}.")
     if not 0 <= args.caption_dropout < 1:
         raise ValueError(f"--caption_dropout must be in [0, 1), got {args.caption_dropout}.")
+    if args.rollout_steps < 1:
+        raise ValueError(f"--rollout_steps must be >= 1, got {args.rollout_steps}.")
     if args.loss_max_timestep < 0:
         raise ValueError(f"--loss_max_timestep must be >= 0, got {args.loss_max_timestep}.")
     if args.lora_alpha is not None and args.lora_alpha <= 0:
@@ -966,6 +1063,7 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
         clip_processor.image_processor,
         models["noise_scheduler"],
         loss_config(args),
+        uncond_hidden_states=_empty_caption_states(models["tokenizer"], text_encoder, accelerator.device),
     )
     global_step = 0
     if checkpoint is not None:
@@ -1039,6 +1137,13 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
     return TrainingResult(output_dir, weights, global_step, logs)
 
 
+@torch.no_grad()
+def _empty_caption_states(tokenizer: Any, text_encoder: torch.nn.Module, device: Any) -> torch.Tensor:
+    """The text encoder's states for "" (the unconditional input of classifier-free guidance)."""
+    ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    return text_encoder(ids.input_ids.to(device), return_dict=False)[0]
+
+
 def loss_config(args: argparse.Namespace) -> EDGELossConfig:
     """The objective's options from the parsed flags."""
     return EDGELossConfig(
@@ -1049,6 +1154,9 @@ def loss_config(args: argparse.Namespace) -> EDGELossConfig:
         loss_max_timestep=args.loss_max_timestep,
         clip_batch_size=args.clip_batch_size,
         loss_resolution=args.loss_resolution,
+        clip_inputs=args.clip_loss_inputs,
+        rollout_steps=args.rollout_steps,
+        rollout_guidance_scale=args.rollout_guidance_scale,
     )
 
 
@@ -1201,6 +1309,8 @@ def save_model_card(
          f"{args.diversity_weight}"),
         ("temperature", args.temperature),
         ("CLIP losses at timesteps <=", args.loss_max_timestep),
+        ("CLIP losses on", args.clip_loss_inputs if args.clip_loss_inputs == "one_step" else
+         f"rollouts: {args.rollout_steps} DDIM steps from noise, guidance {args.rollout_guidance_scale}"),
         ("caption dropout", args.caption_dropout),
         ("resolution / loss resolution", f"{args.resolution} / {args.loss_resolution or args.resolution}"),
         ("optimiser steps", global_step),

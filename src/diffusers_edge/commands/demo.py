@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--diversity_weight", type=float, help="weight of L_D (default 1)")
     parser.add_argument("--denoise_weight", type=float, help="weight of the denoising MSE (default 1)")
     parser.add_argument("--loss_max_timestep", type=int, help="timesteps entering L_C/L_D (default 500)")
+    parser.add_argument("--clip_loss_inputs", choices=["one_step", "rollout"],
+                        help="what L_C/L_D see: one-step x0 of noisy train latents (default) or 4-step samples")
     parser.add_argument("--inference_steps", type=int, help="DDIM steps per generated image (default 10)")
     parser.add_argument("--guidance_scale", type=float, help="classifier-free guidance (default 3)")
     parser.add_argument("--captions_per_image", type=int, help="captions per EDGE image (default 2)")
