@@ -121,6 +121,16 @@ def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: flo
                                                pct_start=pct_start)
 
 
+def optimisation_step(loss: torch.Tensor, optimizer, scheduler, progress, /, **postfix: str) -> None:
+    """One update (the one-cycle schedule advances with it), then the progress bar's step and its loss line."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    progress.update()
+    progress.set_postfix(**postfix)
+
+
 def num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -245,12 +255,7 @@ def train_judge(args, train: ShapesTensors, test: ShapesTensors, log: dict) -> A
             pixels = judge_augment(train.floats(index).to(args.device), generator)
             logits = judge(pixels)
             loss = sum(F.cross_entropy(logits[k], train.labels[k][index].to(args.device)) for k in ATTRIBUTES)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            progress.update()
-            progress.set_postfix(loss=f"{loss.item():.3f}")
+            optimisation_step(loss, optimizer, scheduler, progress, loss=f"{loss.item():.3f}")
     progress.close()
     log["train_cpu_s"] = round(time.process_time() - train_cpu, 1)
     judge.eval()
@@ -307,12 +312,7 @@ def train_clip(args, train: ShapesTensors, test: ShapesTensors, log: dict):
             pixels = clip_normalize(train.floats(index).to(args.device))
             out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixels,
                         return_loss=True)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            scheduler.step()
-            progress.update()
-            progress.set_postfix(loss=f"{out.loss.item():.3f}")
+            optimisation_step(out.loss, optimizer, scheduler, progress, loss=f"{out.loss.item():.3f}")
     progress.close()
     log["train_cpu_s"] = round(time.process_time() - train_cpu, 1)
     model.eval()
@@ -416,12 +416,8 @@ def train_text_encoder(args, train: ShapesTensors, test: ShapesTensors, log: dic
         targets = torch.arange(batch_size, device=args.device)
         contrastive = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
         loss = out.loss + contrastive
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        progress.update()
-        progress.set_postfix(mlm=f"{out.loss.item():.3f}", cls=f"{contrastive.item():.3f}")
+        optimisation_step(loss, optimizer, scheduler, progress, mlm=f"{out.loss.item():.3f}",
+                          cls=f"{contrastive.item():.3f}")
     progress.close()
     log["train_cpu_s"] = round(time.process_time() - train_cpu, 1)
     model.eval()
@@ -536,12 +532,7 @@ def train_captioner(args, train: ShapesTensors, test: ShapesTensors, log: dict) 
             labels[tokens.attention_mask[:, 1:] == 0] = -100
             pixels = train.floats(index).to(args.device) * 2 - 1  # ViTImageProcessor: mean 0.5, std 0.5
             out = model(pixel_values=pixels, labels=labels.to(args.device))
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            scheduler.step()
-            progress.update()
-            progress.set_postfix(loss=f"{out.loss.item():.3f}")
+            optimisation_step(out.loss, optimizer, scheduler, progress, loss=f"{out.loss.item():.3f}")
     progress.close()
     log["train_cpu_s"] = round(time.process_time() - train_cpu, 1)
     model.eval()
@@ -644,12 +635,7 @@ def train_vae(args, train: ShapesTensors, test: ShapesTensors, judge: AttributeJ
             # L1 + MSE on pixels in [-1, 1]; the tiny KL weight of Stable Diffusion's VAE keeps latents regular
             loss = F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels)
             loss = loss + 1e-6 * posterior.kl().mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            progress.update()
-            progress.set_postfix(loss=f"{loss.item():.4f}")
+            optimisation_step(loss, optimizer, scheduler, progress, loss=f"{loss.item():.4f}")
             step += 1
             if step == args.vae_steps:
                 break
