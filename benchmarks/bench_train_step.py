@@ -44,11 +44,13 @@ from diffusers_edge.data.shapes import caption_vocabulary
 from diffusers_edge.testing import save_tiny_clip, save_tiny_stable_diffusion
 from diffusers_edge.tokenization import build_clip_tokenizer
 from diffusers_edge.training import (
+    CLIP_LOSS_INPUTS,
     EDGECollator,
     EDGELossConfig,
     EDGEObjective,
     add_trainable_parameters,
     clip_pixel_values,
+    empty_caption_states,
 )
 
 CAPTIONS = ["a big red circle", "a small blue square on the left", "a green triangle", "a white cross"]
@@ -177,9 +179,7 @@ def measure(
     )  # fmt: skip
     batch["caption_groups"] = torch.arange(batch_size)
     image_processor = parts["processor"].image_processor
-    with torch.no_grad():
-        empty = parts["tokenizer"]([""], padding="max_length", return_tensors="pt").input_ids.to(device)
-        uncond = parts["text_encoder"](empty)[0]
+    uncond = empty_caption_states(parts["tokenizer"], parts["text_encoder"])
     make = lambda config: EDGEObjective(  # noqa: E731
         unet, vae, parts["text_encoder"], clip, image_processor, _scheduler(), config, uncond
     )
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gradient_checkpointing", choices=["no", "yes", "both"], default="no")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU time is then ~ wall time)")
-    parser.add_argument("--clip_loss_inputs", nargs="+", default=["one_step"], choices=["one_step", "rollout"])
+    parser.add_argument("--clip_loss_inputs", nargs="+", default=["one_step"], choices=CLIP_LOSS_INPUTS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)

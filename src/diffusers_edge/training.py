@@ -52,6 +52,8 @@ LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 DIFFFIT_WEIGHT_NAME = "difffit_weights.safetensors"
 # The attention projections that diffusers' own LoRA scripts adapt (REFERENCE.md section 4).
 LORA_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
+# What the CLIP losses can be computed on (EDGELossConfig.clip_inputs, --clip_loss_inputs).
+CLIP_LOSS_INPUTS = ("one_step", "rollout")
 # Searched in this order when --caption_column is not given.
 CAPTION_COLUMN_CANDIDATES = ("captions", "text", "caption")
 
@@ -253,8 +255,8 @@ class EDGEObjective:
         config: EDGELossConfig,
         uncond_hidden_states: torch.Tensor | None = None,
     ) -> None:
-        if config.clip_inputs not in ("one_step", "rollout"):
-            raise ValueError(f"clip_inputs must be 'one_step' or 'rollout', got {config.clip_inputs!r}.")
+        if config.clip_inputs not in CLIP_LOSS_INPUTS:
+            raise ValueError(f"clip_inputs must be one of {CLIP_LOSS_INPUTS}, got {config.clip_inputs!r}.")
         if config.clip_inputs == "rollout" and config.rollout_guidance_scale > 1 and uncond_hidden_states is None:
             raise ValueError("clip_inputs='rollout' with guidance needs uncond_hidden_states (the states of '').")
         for frozen in (vae, text_encoder, clip_model):
@@ -334,13 +336,12 @@ class EDGEObjective:
             return predict_x0(model_pred[selected], noisy_latents[selected], timesteps[selected], self.noise_scheduler)
         shape = (len(selected), *noisy_latents.shape[1:])
         start = torch.randn(shape, generator=generator, dtype=torch.float32).to(noisy_latents.device)
-        uncond = self.uncond_hidden_states
         latents = rollout_latents(
             self.unet,
             self.rollout_scheduler,
             start.to(encoder_hidden_states.dtype),
             encoder_hidden_states[selected],
-            None if uncond is None else uncond.to(encoder_hidden_states.device),
+            self.uncond_hidden_states,
             self.config.rollout_guidance_scale,
         )
         return latents.float()
@@ -503,7 +504,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--clip_loss_inputs",
         type=str,
         default="one_step",
-        choices=["one_step", "rollout"],
+        choices=CLIP_LOSS_INPUTS,
         help="What L_C/L_D see: one-step x0 of the noisy batch (paper) or the model's own samples from noise.",
     )
     g.add_argument("--rollout_steps", type=int, default=4, help="DDIM steps of a rollout (rollout inputs).")
@@ -1063,7 +1064,11 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
         clip_processor.image_processor,
         models["noise_scheduler"],
         loss_config(args),
-        uncond_hidden_states=_empty_caption_states(models["tokenizer"], text_encoder, accelerator.device),
+        uncond_hidden_states=(
+            empty_caption_states(models["tokenizer"], text_encoder)
+            if args.clip_loss_inputs == "rollout"
+            else None
+        ),
     )
     global_step = 0
     if checkpoint is not None:
@@ -1138,10 +1143,15 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
 
 
 @torch.no_grad()
-def _empty_caption_states(tokenizer: Any, text_encoder: torch.nn.Module, device: Any) -> torch.Tensor:
-    """The text encoder's states for "" (the unconditional input of classifier-free guidance)."""
+def empty_caption_states(tokenizer: Any, text_encoder: torch.nn.Module) -> torch.Tensor:
+    """The text encoder's states for "" (the unconditional input of classifier-free guidance), on its device.
+
+    Example:
+        >>> empty_caption_states(pipe.tokenizer, pipe.text_encoder).shape  # doctest: +SKIP
+        torch.Size([1, 77, 768])
+    """
     ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
-    return text_encoder(ids.input_ids.to(device), return_dict=False)[0]
+    return text_encoder(ids.input_ids.to(text_encoder.device), return_dict=False)[0]
 
 
 def loss_config(args: argparse.Namespace) -> EDGELossConfig:
