@@ -95,7 +95,8 @@ def test_accelerate_launch_trains_a_lora_that_stock_diffusers_loads(tiny):
     assert np.abs(_image(pipe) - before).max() > 1e-3
 
     card = (out / "README.md").read_text()
-    for fact in (str(tiny["sd"]), str(tiny["clip"]), str(tiny["data"]), "| optimiser steps | 4 |", "1.0 / 1.0 / 1.0"):
+    for fact in (str(tiny["sd"]), str(tiny["clip"]), str(tiny["data"]), "| optimiser steps | 4 |", "1.0 / 1.0 / 1.0",
+                 "one-step x0 predictions of noisy training latents"):
         assert fact in card
 
 

@@ -369,7 +369,9 @@ def test_train_with_rollout_inputs_saves_a_lora_and_says_so_in_the_card(tiny_sd,
     flags = ["--max_train_steps", "1", "--clip_loss_inputs", "rollout", "--rollout_steps", "2"]
     result = train(_args(tiny_sd, tiny_clip, tmp_path / "rollout", *flags), _dataset())
     assert result.weights_path.is_file() and result.last_logs["clip_pairs"] > 0
-    assert "rollouts: 2 DDIM steps from noise, guidance 3.0" in (tmp_path / "rollout" / "README.md").read_text()
+    card = (tmp_path / "rollout" / "README.md").read_text()
+    assert "rollouts: 2 DDIM steps from noise, guidance 3.0" in card
+    assert "own 2-step DDIM samples from pure noise" in card and "one-step x0" not in card
 
 
 # ------------------------------------------------------------------------------------------------ resume

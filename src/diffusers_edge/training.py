@@ -1329,10 +1329,15 @@ def save_model_card(
         ("seed", args.seed),
     ]  # fmt: skip
     table = "| setting | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+    inputs = (
+        "one-step x0 predictions of noisy training latents"
+        if args.clip_loss_inputs == "one_step"
+        else f"the model's own {args.rollout_steps}-step DDIM samples from pure noise"
+    )
     body = (
         f"# EDGE fine-tune of {base}\n\n"
         "Fine-tuned with the EDGE objective (Efficient Multimodal Dataset Distillation via Generative Models, "
-        "arXiv 2509.15472) by diffusers-edge: one-step x0 predictions, decoded and embedded by a frozen CLIP, are "
+        f"arXiv 2509.15472) by diffusers-edge: {inputs}, decoded and embedded by a frozen CLIP, are "
         "pulled towards their captions (bi-directional contrastive loss) and apart from each other (diversity "
         "loss).\n\n"
         f"{table}\n## Use\n\n{usage}\n{gallery}"
