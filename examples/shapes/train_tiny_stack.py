@@ -516,7 +516,6 @@ def train_captioner(args, train: ShapesTensors, test: ShapesTensors, log: dict) 
     model = VisionEncoderDecoderModel(config)
     for name, value in special.items():
         setattr(model.generation_config, name, value)
-    model.generation_config.max_length = 24
     model.to(args.device)
     batch_size = 256
     steps = args.captioner_epochs * (len(train) // batch_size) * 5  # each epoch sees each image 5 times
@@ -549,7 +548,7 @@ def captioner_eval(model, tokenizer, test: ShapesTensors, device: str) -> dict:
     captions = []
     for start in range(0, len(test), 250):
         pixels = test.floats(slice(start, start + 250)).to(device) * 2 - 1
-        ids = model.generate(pixel_values=pixels, do_sample=False)  # greedy, max_length 24
+        ids = model.generate(pixel_values=pixels, do_sample=False, max_length=24)  # greedy
         captions += tokenizer.batch_decode(ids, skip_special_tokens=True)
     correct = {k: [] for k in ATTRIBUTES}
     parsed_ok = 0
