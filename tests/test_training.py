@@ -320,6 +320,8 @@ def test_bad_flags_fail_early(tiny_sd, tiny_clip, tmp_path):
         _args(tiny_sd, tiny_clip, tmp_path, "--caption_dropout", "1.0")
     with pytest.raises(ValueError, match="--rollout_steps must be >= 1"):
         _args(tiny_sd, tiny_clip, tmp_path, "--clip_loss_inputs", "rollout", "--rollout_steps", "0")
+    with pytest.raises(ValueError, match="--lora_layers must be comma-separated"):
+        _args(tiny_sd, tiny_clip, tmp_path, "--lora_layers", "to_k,,to_v")
     with pytest.raises(ValueError, match="all loss weights are 0"):
         _args(tiny_sd, tiny_clip, tmp_path, *"--denoise_weight 0 --contrastive_weight 0 --diversity_weight 0".split())
     with pytest.raises(FileNotFoundError, match="checkpoint-7"):
@@ -367,11 +369,27 @@ def test_accumulation_steps_line_up_with_epochs(tiny_sd, tiny_clip, tmp_path):
 
 def test_train_with_rollout_inputs_saves_a_lora_and_says_so_in_the_card(tiny_sd, tiny_clip, tmp_path):
     flags = ["--max_train_steps", "1", "--clip_loss_inputs", "rollout", "--rollout_steps", "2"]
+    flags += ["--clip_batch_size", "3"]
     result = train(_args(tiny_sd, tiny_clip, tmp_path / "rollout", *flags), _dataset())
     assert result.weights_path.is_file() and result.last_logs["clip_pairs"] > 0
     card = (tmp_path / "rollout" / "README.md").read_text()
     assert "rollouts: 2 DDIM steps from noise, guidance 3.0" in card
     assert "own 2-step DDIM samples from pure noise" in card and "one-step x0" not in card
+    assert "| CLIP losses' samples per batch at most | 3 |" in card
+
+
+def test_lora_layers_choose_the_adapted_modules_and_a_stock_pipeline_reloads_them(tiny_sd, tiny_clip, tmp_path):
+    flags = ["--max_train_steps", "2", "--lora_layers", "attn2.to_k,attn2.to_v", "--rank", "2", "--lora_alpha", "4"]
+    result = train(_args(tiny_sd, tiny_clip, tmp_path / "kv", *flags), _dataset())
+    keys = load_file(str(result.weights_path)).keys()
+    assert keys and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in keys)
+    assert {k.split(".attn2.")[1].split(".")[0] for k in keys} == {"to_k", "to_v"}
+    assert "layers attn2.to_k,attn2.to_v" in (tmp_path / "kv" / "README.md").read_text()
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
+    pipe.load_lora_weights(tmp_path / "kv")
+    config = next(iter(pipe.unet.peft_config.values()))
+    assert (config.r, config.lora_alpha, set(config.target_modules)) == (2, 4, {"attn2.to_k", "attn2.to_v"})
 
 
 # ------------------------------------------------------------------------------------------------ resume

@@ -486,6 +486,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="lora: peft LoRA on the attention projections; difffit: the UNet's biases and norms (released code).",
     )
     g.add_argument("--rank", type=int, default=4, help="LoRA rank.")
+    g.add_argument(
+        "--lora_layers",
+        type=str,
+        default=",".join(LORA_TARGET_MODULES),
+        help='Comma-separated UNet modules LoRA adapts (peft target_modules, matched by name suffix), e.g. '
+        '"attn2.to_k,attn2.to_v" for the cross-attention keys and values only, as Custom Diffusion tunes.',
+    )
     g.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank, scale 1).")
     g.add_argument("--use_dora", action="store_true", help="Weight-decomposed LoRA (DoRA).")
     g = p.add_argument_group("EDGE objective")
@@ -578,6 +585,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--rollout_steps must be >= 1, got {args.rollout_steps}.")
     if args.loss_max_timestep < 0:
         raise ValueError(f"--loss_max_timestep must be >= 0, got {args.loss_max_timestep}.")
+    if any(not name.strip() for name in args.lora_layers.split(",")):
+        raise ValueError(f"--lora_layers must be comma-separated module names, got {args.lora_layers!r}.")
     if args.lora_alpha is not None and args.lora_alpha <= 0:
         raise ValueError(f"--lora_alpha must be positive, got {args.lora_alpha}.")
     if args.dataset_name is not None and args.train_data_dir is not None:
@@ -795,7 +804,7 @@ def add_trainable_parameters(unet: torch.nn.Module, args: argparse.Namespace) ->
             lora_alpha=args.lora_alpha if args.lora_alpha is not None else args.rank,
             use_dora=args.use_dora,
             init_lora_weights="gaussian",
-            target_modules=LORA_TARGET_MODULES,
+            target_modules=[name.strip() for name in args.lora_layers.split(",")],
         )
         unet.add_adapter(config)
     else:
@@ -1314,11 +1323,13 @@ def save_model_card(
         ("CLIP model (loss space)", args.clip_model_name_or_path),
         ("training data", f"{data} (image column {args.image_column!r}, caption column {args.caption_column!r})"),
         ("fine-tuning", args.finetune if args.finetune != "lora" else f"LoRA rank {args.rank}, alpha "
-         f"{args.lora_alpha if args.lora_alpha is not None else args.rank}{', DoRA' if args.use_dora else ''}"),
+         f"{args.lora_alpha if args.lora_alpha is not None else args.rank}{', DoRA' if args.use_dora else ''}, "
+         f"layers {args.lora_layers}"),
         ("denoise / contrastive / diversity weights", f"{args.denoise_weight} / {args.contrastive_weight} / "
          f"{args.diversity_weight}"),
         ("temperature", args.temperature),
         ("CLIP losses at timesteps <=", args.loss_max_timestep),
+        ("CLIP losses' samples per batch at most", args.clip_batch_size or "all eligible"),
         ("CLIP losses on", args.clip_loss_inputs if args.clip_loss_inputs == "one_step" else
          f"rollouts: {args.rollout_steps} DDIM steps from noise, guidance {args.rollout_guidance_scale}"),
         ("caption dropout", args.caption_dropout),
