@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import datasets
 import pytest
 from PIL import Image
 
 from diffusers_edge.commands.demo import build_parser, config_from_args, main
-from diffusers_edge.demo import DemoConfig, finite_numbers, results_markdown
+from diffusers_edge.demo import DemoConfig, _finetune_argv, finite_numbers, results_markdown
 
 RECALL_KEYS = ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "r_mean")
 
@@ -50,6 +51,12 @@ def test_config_flags_override_the_quick_preset_and_bad_values_raise():
     with pytest.raises(ValueError, match="clip_loss_inputs"):
         DemoConfig(clip_loss_inputs="two_step")
     assert config_from_args(build_parser().parse_args(["--clip_loss_inputs", "rollout"])).clip_loss_inputs == "rollout"
+    flags = ["--lora_layers", "attn2.to_k,attn2.to_v", "--clip_batch_size", "8"]
+    argv = " ".join(_finetune_argv(config_from_args(build_parser().parse_args(flags)), Path("out")))
+    assert "--lora_layers attn2.to_k,attn2.to_v" in argv and "--clip_batch_size 8" in argv
+    assert "--lora_layers" not in " ".join(_finetune_argv(DemoConfig(), Path("out")))
+    with pytest.raises(ValueError, match="clip_batch_size"):
+        DemoConfig(clip_batch_size=0)
     with pytest.raises(ValueError, match="student_epochs"):
         DemoConfig(student_epochs=0)
     assert list(finite_numbers({"a": [1, {"b": 2.5}], "c": "x", "d": True})) == [1.0, 2.5]
@@ -66,8 +73,8 @@ def test_quick_demo_writes_report_grid_results_and_loadable_sets(quick_demo):
     results = json.loads((quick_demo / "results.json").read_text(encoding="utf-8"))
     assert list(results["tables"]) == ["20"]
     rows = results["tables"]["20"]
-    expected = ["random coreset", "herding", "k-center", "plain generation", "EDGE w/o caption synthesis", "EDGE",
-                "EDGE + k-center selection"]
+    expected = ["random coreset", "herding", "k-center", "random coreset at EDGE's split", "plain generation",
+                "EDGE w/o caption synthesis", "EDGE", "EDGE + k-center selection"]
     assert list(rows) == expected
     every = [*rows.values(), results["full_reference"]]
     recalls = [
@@ -81,8 +88,8 @@ def test_quick_demo_writes_report_grid_results_and_loadable_sets(quick_demo):
     recalls += [row["summary"][w][key]["mean"] for row in every for w in ("last", "best") for key in RECALL_KEYS]
     generation = [d for sets in results["generation"].values() for d in sets.values()]
     scores = [v for d in generation for v in d["prompt_following"].values()]
-    # 7 rows evaluated at epochs 2 and 4, the full split (1 epoch) once, for 2 seeds; last and best of all 8 rows
-    assert len(recalls) == 2 * (7 * 2 * 7 + 7) + 8 * 2 * 7 and len(scores) == 4 * 6
+    # 8 rows evaluated at epochs 2 and 4, the full split (1 epoch) once, for 2 seeds; last and best of all 9 rows
+    assert len(recalls) == 2 * (8 * 2 * 7 + 7) + 9 * 2 * 7 and len(scores) == 4 * 6
     assert all(math.isfinite(v) and 0 <= v <= 100 for v in recalls + scores)
     assert all(math.isfinite(v) for v in finite_numbers(results))
     # the full split is far above chance and above every 20-pair set: the numbers measure something
@@ -97,11 +104,14 @@ def test_quick_demo_writes_report_grid_results_and_loadable_sets(quick_demo):
     # budgets count pairs: EDGE keeps 2 captions per image, so half the images
     assert rows["EDGE"]["train"] == {"num_images": 10, "num_pairs": 20}
     assert rows["plain generation"]["train"] == {"num_images": 20, "num_pairs": 20}
+    assert rows["random coreset at EDGE's split"]["train"] == {"num_images": 10, "num_pairs": 20}
 
     report = (quick_demo / "report.md").read_text(encoding="utf-8")
     edge = rows["EDGE"]["summary"]["last"]["r_mean"]
     assert "| EDGE | 20 (10) | last (4) |" in report and f"{edge['mean']:.1f} ± {edge['std']:.1f} |" in report
     assert "fine-tune" in report and "plain generation" in report and "shape+colour" in report
+    split = rows["random coreset at EDGE's split"]["summary"]["last"]["r_mean"]
+    assert f"(random coreset at EDGE's split) score {split['mean']:.1f} ± {split['std']:.1f}" in report
 
     with Image.open(quick_demo / "samples.png") as grid:
         assert grid.width >= 8 * 128 and grid.height >= 4 * 128

@@ -45,11 +45,14 @@ from .evaluation.trainer import TABLE_COLUMNS, mean_std_cell
 
 REAL_ROWS = ("random coreset", "herding", "k-center")
 GENERATED_ROWS = ("plain generation", "EDGE w/o caption synthesis", "EDGE", "EDGE + k-center selection")
+SPLIT_ROW = "random coreset at EDGE's split"
 FULL_ROW = "full train split"
 ROW_NOTES = {
     "random coreset": "real train pairs drawn at random (1 caption per image; each student seed draws its own)",
     "herding": "real train pairs chosen by herding in the tiny CLIP's joint image+text space (1 caption per image)",
     "k-center": "real train pairs chosen by greedy k-center in the same space (1 caption per image; seeded start)",
+    SPLIT_ROW: "real train pairs drawn at random, split like the EDGE rows: N / captions_per_image images with "
+    "captions_per_image captions each (what EDGE's sets would score if its images were real ones)",
     "plain generation": "the untuned tiny SD, prompts = randomly chosen original captions, 1 caption per image",
     "EDGE w/o caption synthesis": "the EDGE-tuned SD (LoRA, L_C + L_D), same prompts and seeds, 1 caption per image",
     "EDGE": "the EDGE-tuned SD, N/2 images, each with its prompt + 1 caption by the tiny captioner",
@@ -73,10 +76,13 @@ class DemoConfig:
         train_batch_size: images per fine-tuning step.
         learning_rate: LoRA learning rate.
         lora_rank: LoRA rank.
+        lora_layers: comma-separated UNet modules LoRA adapts (`None`: the training default, every attention
+            projection; `"attn2.to_k,attn2.to_v"`: cross-attention keys and values only).
         contrastive_weight, diversity_weight, denoise_weight: the EDGE objective's weights.
         loss_max_timestep: only timesteps <= this enter L_C / L_D (see docs/training.md).
         clip_loss_inputs: what L_C / L_D see: `"one_step"` (x0 of noisy train latents, the paper) or `"rollout"`
             (the generator's own 4-step DDIM samples at `guidance_scale`; docs/demo.md measures both).
+        clip_batch_size: at most this many samples per batch enter L_C / L_D (`None`: all eligible).
         inference_steps: DDIM steps per generated image.
         guidance_scale: classifier-free guidance of every generator.
         captions_per_image: captions per EDGE image (the prompt + synthesized ones; EDGE's best: 2).
@@ -104,11 +110,13 @@ class DemoConfig:
     train_batch_size: int = 32
     learning_rate: float = 5e-4
     lora_rank: int = 4
+    lora_layers: str | None = None
     contrastive_weight: float = 1.0
     diversity_weight: float = 1.0
     denoise_weight: float = 1.0
     loss_max_timestep: int = 500
     clip_loss_inputs: str = "one_step"
+    clip_batch_size: int | None = None
     inference_steps: int = 10
     guidance_scale: float = 3.0
     captions_per_image: int = 2
@@ -135,6 +143,8 @@ class DemoConfig:
             raise ValueError("DemoConfig.student_batch_size must be >= 2: InfoNCE needs negatives in the batch.")
         if not self.budgets or any(int(b) < 2 for b in self.budgets):
             raise ValueError(f"DemoConfig.budgets must be pair counts >= 2, got {self.budgets!r}.")
+        if self.clip_batch_size is not None and self.clip_batch_size < 1:
+            raise ValueError(f"DemoConfig.clip_batch_size must be >= 1 when given, got {self.clip_batch_size}.")
         if not self.seeds:
             raise ValueError("DemoConfig.seeds needs at least one seed.")
         if self.clip_loss_inputs not in ("one_step", "rollout"):
@@ -321,11 +331,11 @@ def _load_data(config: DemoConfig, cache: Path) -> datasets.DatasetDict:
     return load_captioned_shapes("one_object", seed=0, num_train=5000, num_val=0, num_test=1000, cache_dir=cache)
 
 
-def _finetune(config: DemoConfig, train_split: datasets.Dataset, output_dir: Path) -> dict[str, Any]:
+def _finetune_argv(config: DemoConfig, output_dir: Path) -> list[str]:
+    """The `diffusers-edge train` flags of the demo's fine-tune."""
     from .data.stack import shapes_stack_path
-    from .training import parse_args, train
 
-    argv = [
+    return [
         "--pretrained_model_name_or_path", config.stable_diffusion(),
         "--clip_model_name_or_path", str(shapes_stack_path("clip")),
         "--output_dir", str(output_dir),
@@ -339,11 +349,19 @@ def _finetune(config: DemoConfig, train_split: datasets.Dataset, output_dir: Pat
         "--denoise_weight", str(config.denoise_weight),
         "--loss_max_timestep", str(config.loss_max_timestep),
         "--clip_loss_inputs", config.clip_loss_inputs,
+        *(["--lora_layers", config.lora_layers] if config.lora_layers else []),
+        *(["--clip_batch_size", str(config.clip_batch_size)] if config.clip_batch_size else []),
         "--rollout_guidance_scale", str(config.guidance_scale),
         "--seed", str(config.generation_seed),
         "--checkpointing_steps", str(10**9),
         "--report_to", "none",
     ]  # fmt: skip
+
+
+def _finetune(config: DemoConfig, train_split: datasets.Dataset, output_dir: Path) -> dict[str, Any]:
+    from .training import parse_args, train
+
+    argv = _finetune_argv(config, output_dir)
     args = parse_args(argv)
     result = train(args, dataset=train_split)
     return {
@@ -620,6 +638,7 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
     rows: dict[str, dict[str, Any]] = {}
     with stage("evaluate"):
         evaluator = _evaluator(config, student, test, device)
+        cpi = config.captions_per_image
         for budget in config.budgets:
             rows[str(budget)] = {}
             for method, label in zip(("random", "herding", "kcenter"), REAL_ROWS, strict=True):
@@ -628,6 +647,12 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
                     lambda seed, m=method, b=budget: select_coreset(
                         train_split, m, b, space="joint", captions_per_image=1, seed=seed, embeddings=embeddings
                     ),
+                    config.seeds,
+                )
+            if cpi > 1:
+                log(f"[demo] student: {SPLIT_ROW}, {budget} pairs ({budget // cpi} images), seeds {config.seeds}")
+                rows[str(budget)][SPLIT_ROW] = evaluator.evaluate(
+                    lambda seed, b=budget: select_coreset(train_split, "random", b, captions_per_image=cpi, seed=seed),
                     config.seeds,
                 )
             for label, (distilled, _) in generated[budget].items():
@@ -668,6 +693,8 @@ def _results(
             "EDGE minus plain (r_mean, last)": edge["mean"] - plain["mean"],
             "EDGE beats plain": edge["mean"] > plain["mean"],
         }
+        if SPLIT_ROW in table:
+            comparison[budget][f"{SPLIT_ROW} r_mean (last)"] = table[SPLIT_ROW]["summary"]["last"]["r_mean"]
     return {
         "settings": config.to_dict(),
         "student_protocol": _student_config(config, config.student_epochs).to_dict(),
@@ -767,6 +794,15 @@ def render_report(results: dict[str, Any]) -> str:
             f"{mean_std_cell(c['EDGE r_mean (last)'])} vs {mean_std_cell(c['plain generation r_mean (last)'])} "
             f"(difference {c['EDGE minus plain (r_mean, last)']:+.1f}).",
             "",
+        ]
+        if f"{SPLIT_ROW} r_mean (last)" in c:
+            out += [
+                f"Real pairs split the way EDGE splits the budget ({SPLIT_ROW}) score "
+                f"{mean_std_cell(c[f'{SPLIT_ROW} r_mean (last)'])}: where the EDGE row would be if its images (from "
+                "randomly drawn prompts) were real ones.",
+                "",
+            ]
+        out += [
             "Generators (judge = attribute classifier, percent of images whose attribute matches the prompt):",
             "",
             _generation_table(results["generation"][budget]),

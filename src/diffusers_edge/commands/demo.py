@@ -38,12 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_batch_size", type=int, help="fine-tuning batch (default 32)")
     parser.add_argument("--learning_rate", type=float, help="LoRA learning rate (default 5e-4)")
     parser.add_argument("--lora_rank", type=int, help="LoRA rank (default 4)")
+    parser.add_argument("--lora_layers", help="UNet modules LoRA adapts, comma-separated (default: every attention "
+                        "projection; attn2.to_k,attn2.to_v: cross-attention keys and values)")
     parser.add_argument("--contrastive_weight", type=float, help="weight of L_C (default 1)")
     parser.add_argument("--diversity_weight", type=float, help="weight of L_D (default 1)")
     parser.add_argument("--denoise_weight", type=float, help="weight of the denoising MSE (default 1)")
     parser.add_argument("--loss_max_timestep", type=int, help="timesteps entering L_C/L_D (default 500)")
     parser.add_argument("--clip_loss_inputs", choices=["one_step", "rollout"],
                         help="what L_C/L_D see: one-step x0 of noisy train latents (default) or 4-step samples")
+    parser.add_argument("--clip_batch_size", type=int, help="samples per batch in L_C/L_D at most (default: all)")
     parser.add_argument("--inference_steps", type=int, help="DDIM steps per generated image (default 10)")
     parser.add_argument("--guidance_scale", type=float, help="classifier-free guidance (default 3)")
     parser.add_argument("--captions_per_image", type=int, help="captions per EDGE image (default 2)")
