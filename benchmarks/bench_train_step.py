@@ -45,6 +45,7 @@ from diffusers_edge.testing import save_tiny_clip, save_tiny_stable_diffusion
 from diffusers_edge.tokenization import build_clip_tokenizer
 from diffusers_edge.training import (
     CLIP_LOSS_INPUTS,
+    LORA_TARGET_MODULES,
     EDGECollator,
     EDGELossConfig,
     EDGEObjective,
@@ -145,7 +146,9 @@ def prepare(name: str, device: torch.device) -> dict[str, Any]:
     with torch.device(device) if name != "tiny" else contextlib.nullcontext():
         parts = build(name)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    args = argparse.Namespace(finetune="lora", rank=4, lora_alpha=4, use_dora=False)
+    args = argparse.Namespace(
+        finetune="lora", rank=4, lora_alpha=4, use_dora=False, lora_layers=",".join(LORA_TARGET_MODULES)
+    )
     parts["params"] = add_trainable_parameters(parts["unet"], args)
     for key in ("unet", "vae", "text_encoder", "clip"):
         parts[key].to(device, dtype=dtype)

@@ -15,6 +15,7 @@ from diffusers_edge.data.format import NORMALIZED_FEATURES
 from diffusers_edge.data.shapes import load_captioned_shapes
 from diffusers_edge.testing import save_tiny_clip, save_tiny_stable_diffusion
 from diffusers_edge.training import (
+    LORA_TARGET_MODULES,
     EDGECollator,
     EDGELossConfig,
     EDGEObjective,
@@ -122,7 +123,9 @@ def _objective(components, config, finetune="lora", uncond=None):
     pipe, clip, processor = components
     unet = type(pipe.unet).from_config(pipe.unet.config)
     unet.load_state_dict(pipe.unet.state_dict())
-    args = argparse.Namespace(finetune=finetune, rank=4, lora_alpha=8, use_dora=False)
+    args = argparse.Namespace(
+        finetune=finetune, rank=4, lora_alpha=8, use_dora=False, lora_layers=",".join(LORA_TARGET_MODULES)
+    )
     params = add_trainable_parameters(unet, args)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     objective = EDGEObjective(
