@@ -180,7 +180,8 @@ def test_captioner_names_shape_and_colour():
     tokenizer = AutoTokenizer.from_pretrained(folder)
     images, truths = fresh_scenes(6)
     with torch.no_grad():
-        ids = model.generate(pixel_values=processor(images, return_tensors="pt").pixel_values, do_sample=False)
+        pixels = processor(images, return_tensors="pt").pixel_values
+        ids = model.generate(pixel_values=pixels, do_sample=False, max_new_tokens=24)
     captions = tokenizer.batch_decode(ids, skip_special_tokens=True)
     for caption, truth in zip(captions, truths):
         parsed = parse_caption(caption)
