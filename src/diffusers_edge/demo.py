@@ -638,21 +638,19 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
     rows: dict[str, dict[str, Any]] = {}
     with stage("evaluate"):
         evaluator = _evaluator(config, student, test, device)
-        cpi = config.captions_per_image
+        # (coreset method, row, captions per image): one caption each, then random real pairs split like EDGE's
+        methods = zip(("random", "herding", "kcenter"), REAL_ROWS, strict=True)
+        real_rows = [(method, label, 1) for method, label in methods]
+        if config.captions_per_image > 1:
+            real_rows.append(("random", SPLIT_ROW, config.captions_per_image))
         for budget in config.budgets:
             rows[str(budget)] = {}
-            for method, label in zip(("random", "herding", "kcenter"), REAL_ROWS, strict=True):
+            for method, label, per_image in real_rows:
                 log(f"[demo] student: {label}, {budget} pairs, seeds {config.seeds}")
                 rows[str(budget)][label] = evaluator.evaluate(
-                    lambda seed, m=method, b=budget: select_coreset(
-                        train_split, m, b, space="joint", captions_per_image=1, seed=seed, embeddings=embeddings
+                    lambda seed, m=method, b=budget, k=per_image: select_coreset(
+                        train_split, m, b, space="joint", captions_per_image=k, seed=seed, embeddings=embeddings
                     ),
-                    config.seeds,
-                )
-            if cpi > 1:
-                log(f"[demo] student: {SPLIT_ROW}, {budget} pairs ({budget // cpi} images), seeds {config.seeds}")
-                rows[str(budget)][SPLIT_ROW] = evaluator.evaluate(
-                    lambda seed, b=budget: select_coreset(train_split, "random", b, captions_per_image=cpi, seed=seed),
                     config.seeds,
                 )
             for label, (distilled, _) in generated[budget].items():
