@@ -129,14 +129,15 @@ def test_every_image_has_five_distinct_lower_case_captions(one, two):
 
 def test_caption_vocabulary_is_exactly_the_words_captions_use():
     rng = np.random.default_rng(0)
-    used = {name: set() for name in S.CONFIG_NUM_OBJECTS}
-    for name, n in S.CONFIG_NUM_OBJECTS.items():
+    used = {"one_object": set(), "two_objects": set()}  # scenes: tests/test_scenes.py
+    for name, n in (("one_object", 1), ("two_objects", 2)):
         for _ in range(600):
             objects, relation = S.sample_scene(n, rng)
             used[name] |= {w for c in S.caption_shapes(objects, relation, rng=rng) for w in c.split()}
     assert sorted(used["one_object"]) == S.caption_vocabulary("one_object")
     assert sorted(used["two_objects"]) == S.caption_vocabulary("two_objects")
-    assert sorted(used["one_object"] | used["two_objects"]) == S.caption_vocabulary()
+    scenes = set(S.caption_vocabulary("scenes"))
+    assert sorted(used["one_object"] | used["two_objects"] | scenes) == S.caption_vocabulary()
     assert len(S.caption_vocabulary()) < 150
     with pytest.raises(ValueError, match="Unknown captioned-shapes config 'three'"):
         S.caption_vocabulary("three")

@@ -38,6 +38,7 @@ import os
 import random
 import shutil
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,13 +47,15 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from diffusers_edge.data import scenes
 from diffusers_edge.data.shapes import caption_vocabulary, load_captioned_shapes, parse_caption
-from diffusers_edge.judge import AttributeJudge, load_judge, score_prompt_following
+from diffusers_edge.data.stack import STACK_FOLDERS
+from diffusers_edge.judge import AttributeJudge, load_judge, read_scenes, score_claims, score_prompt_following
 from diffusers_edge.tokenization import build_bert_tokenizer, build_clip_tokenizer
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "src" / "diffusers_edge" / "assets" / "shapes-stack"
+ASSETS = Path(__file__).resolve().parents[2] / "src" / "diffusers_edge" / "assets"
 COMPONENTS = ("judge", "clip", "text-encoder", "captioner", "student-image-encoder", "vae", "unet", "eval")
-ATTRIBUTES = ("shape", "color", "size", "position")
+ATTRIBUTES = ("shape", "color", "size", "position")  # the one_object columns
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation, as CLIPImageProcessor defaults
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_MAX_LENGTH = 32  # captions are at most ~16 tokens; shorter context = cheaper text tower and cross-attention
@@ -60,7 +63,10 @@ CLIP_MAX_LENGTH = 32  # captions are at most ~16 tokens; shorter context = cheap
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--config", choices=list(STACK_FOLDERS), default="scenes",
+                        help="the captioned-shapes world the stack is trained on")
+    parser.add_argument("--output_dir", type=Path, default=None,
+                        help="default: the package's assets/<config's stack folder> (what ships)")
     parser.add_argument("--seed", type=int, default=0, help="seeds every component (and nothing else)")
     parser.add_argument("--data_seed", type=int, default=0, help="seed of the captioned-shapes dataset")
     parser.add_argument("--num_train", type=int, default=5000)
@@ -71,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a minutes-long smoke run (tiny step counts)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--num_threads", type=int, default=2, help="torch CPU threads (1 is faster under load)")
-    parser.add_argument("--judge_epochs", type=int, default=15)
+    parser.add_argument("--judge_epochs", type=int, default=None, help="default 15 (one_object), 40 (scenes)")
+    parser.add_argument("--student_epochs", type=int, default=15, help="pretraining of the scenes student encoder")
     parser.add_argument("--clip_epochs", type=int, default=25)
     parser.add_argument("--bert_epochs", type=int, default=12)
     parser.add_argument("--captioner_epochs", type=int, default=6)
@@ -89,9 +96,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance_scales", type=float, nargs="+", default=[1.0, 3.0, 5.0])
     parser.add_argument("--inference_steps", type=int, default=25)
     args = parser.parse_args(argv)
+    if args.output_dir is None:
+        args.output_dir = ASSETS / STACK_FOLDERS[args.config]
+    if args.judge_epochs is None:
+        args.judge_epochs = 40 if args.config == "scenes" else 15
     if args.quick:
         args.num_train, args.num_test = min(args.num_train, 600), min(args.num_test, 200)
         args.judge_epochs, args.clip_epochs, args.bert_epochs, args.captioner_epochs = 2, 2, 1, 1
+        args.student_epochs = 1
         args.vae_steps, args.unet_steps, args.eval_samples = 30, 30, 32
         args.guidance_scales, args.inference_steps = [3.0], 4
     return args
@@ -152,7 +164,11 @@ def stage(log: dict, name: str):
 
 
 class ShapesTensors:
-    """One split decoded once: uint8 images (N, 3, 32, 32), 5 captions each, attribute label ids and names."""
+    """One split decoded once: uint8 images (N, 3, 32, 32), 5 captions each, attribute label ids and names.
+
+    The attributes are the dataset's ClassLabel columns: shape / color / size / position for `one_object`, the
+    per-cell columns and background of `diffusers_edge.data.scenes.SCENE_LABELS` for `scenes`.
+    """
 
     def __init__(self, images: torch.Tensor, captions: list[list[str]], labels: dict, names: dict) -> None:
         self.images, self.captions, self.labels, self.names = images, captions, labels, names
@@ -160,8 +176,9 @@ class ShapesTensors:
     @classmethod
     def from_dataset(cls, dataset) -> ShapesTensors:
         images = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in dataset["image"]]))
-        labels = {k: torch.tensor(list(dataset[k])) for k in ATTRIBUTES}
-        names = {k: dataset.features[k].names for k in ATTRIBUTES}
+        columns = [k for k, feature in dataset.features.items() if hasattr(feature, "names")]
+        labels = {k: torch.tensor(list(dataset[k])) for k in columns}
+        names = {k: dataset.features[k].names for k in columns}
         captions = [list(c) for c in dataset["captions"]]
         return cls(images.permute(0, 3, 1, 2).contiguous(), captions, labels, names)
 
@@ -173,7 +190,7 @@ class ShapesTensors:
     @classmethod
     def from_arrays(cls, arrays, prefix: str) -> ShapesTensors:
         meta = json.loads(str(arrays[f"{prefix}meta"]))
-        labels = {k: torch.from_numpy(arrays[f"{prefix}{k}"]) for k in ATTRIBUTES}
+        labels = {k: torch.from_numpy(arrays[f"{prefix}{k}"]) for k in meta["names"]}
         return cls(torch.from_numpy(arrays[f"{prefix}images"]), meta["captions"], labels, meta["names"])
 
     def __len__(self) -> int:
@@ -187,7 +204,10 @@ class ShapesTensors:
         return [self.captions[i][j] for i, j in zip(index.tolist(), picks)]
 
     def attributes(self, i: int) -> dict[str, str]:
-        return {k: self.names[k][int(self.labels[k][i])] for k in ATTRIBUTES}
+        return {k: self.names[k][int(self.labels[k][i])] for k in self.names}
+
+    def scene(self, i: int) -> scenes.Scene:
+        return scenes.scene_from_columns(self.attributes(i))
 
 
 def clip_normalize(pixels: torch.Tensor) -> torch.Tensor:
@@ -229,20 +249,25 @@ def judge_augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Ten
 @torch.no_grad()
 def judge_accuracy(judge: AttributeJudge, pixels: torch.Tensor, data: ShapesTensors, device: str) -> dict[str, float]:
     judge.eval()
-    logits = {k: [] for k in ATTRIBUTES}
+    logits = {k: [] for k in data.names}
     for start in range(0, len(pixels), 500):
         out = judge(pixels[start : start + 500].to(device))
-        for k in ATTRIBUTES:
+        for k in data.names:
             logits[k].append(out[k].argmax(-1).cpu())
     correct = {k: torch.cat(v) == data.labels[k] for k, v in logits.items()}
     scores = {k: round(100 * float(v.float().mean()), 2) for k, v in correct.items()}
     scores["all"] = round(100 * float(torch.stack(list(correct.values())).all(0).float().mean()), 2)
+    cells = [k.split("_", 1)[1] for k in data.names if k.startswith("shape_")]
+    if cells:  # scenes: a cell is read right when its shape, colour and size all are
+        per_cell = [correct[f"shape_{c}"] & correct[f"color_{c}"] & correct[f"size_{c}"] for c in cells]
+        scores["cell"] = round(100 * float(torch.stack(per_cell).float().mean()), 2)
     return scores
 
 
 def train_judge(args, train: ShapesTensors, test: ShapesTensors, log: dict) -> AttributeJudge:
     generator = seed_everything(args.seed + 1)
-    judge = AttributeJudge({k: train.names[k] for k in ATTRIBUTES}).to(args.device)
+    hidden = 256 if args.config == "scenes" else 128  # 13 heads (4 cells x 3 + background) share the hidden layer
+    judge = AttributeJudge(dict(train.names), hidden=hidden).to(args.device)
     batch_size = 256
     steps = args.judge_epochs * (len(train) // batch_size)
     optimizer = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -254,7 +279,7 @@ def train_judge(args, train: ShapesTensors, test: ShapesTensors, log: dict) -> A
         for index in batches(len(train), batch_size, generator):
             pixels = judge_augment(train.floats(index).to(args.device), generator)
             logits = judge(pixels)
-            loss = sum(F.cross_entropy(logits[k], train.labels[k][index].to(args.device)) for k in ATTRIBUTES)
+            loss = sum(F.cross_entropy(logits[k], train.labels[k][index].to(args.device)) for k in train.names)
             optimisation_step(loss, optimizer, scheduler, progress, loss=f"{loss.item():.3f}")
     progress.close()
     log["train_cpu_s"] = round(time.process_time() - train_cpu, 1)
@@ -268,15 +293,15 @@ def train_judge(args, train: ShapesTensors, test: ShapesTensors, log: dict) -> A
 # -------------------------------------------------------------------------------------------------------- CLIP
 
 
-def clip_tokenizer():
-    return build_clip_tokenizer(caption_vocabulary("one_object"), model_max_length=CLIP_MAX_LENGTH)
+def clip_tokenizer(config: str):
+    return build_clip_tokenizer(caption_vocabulary(config), model_max_length=CLIP_MAX_LENGTH)
 
 
 def train_clip(args, train: ShapesTensors, test: ShapesTensors, log: dict):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     generator = seed_everything(args.seed + 2)
-    tokenizer = clip_tokenizer()
+    tokenizer = clip_tokenizer(args.config)
     text_config = {
         "vocab_size": len(tokenizer),
         "hidden_size": 128,
@@ -386,7 +411,7 @@ def train_text_encoder(args, train: ShapesTensors, test: ShapesTensors, log: dic
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
     generator = seed_everything(args.seed + 3)
-    tokenizer = build_bert_tokenizer(caption_vocabulary("one_object"))
+    tokenizer = build_bert_tokenizer(caption_vocabulary(args.config))
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -456,7 +481,7 @@ def caption_retrieval(bert, tokenizer, test: ShapesTensors, device: str) -> floa
     fa = F.normalize(cls_features(bert, tokenizer, a, device), dim=-1)
     fb = F.normalize(cls_features(bert, tokenizer, b, device), dim=-1)
     nearest = (fa @ fb.t()).argmax(-1)
-    keys = torch.stack([test.labels[k] for k in ATTRIBUTES], 1)
+    keys = torch.stack([test.labels[k] for k in test.names], 1)
     return round(100 * float((keys[nearest] == keys).all(1).float().mean()), 2)
 
 
@@ -477,7 +502,7 @@ def cls_probe(bert, tokenizer, train: ShapesTensors, test: ShapesTensors, device
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     scores = {}
-    for k in ATTRIBUTES:
+    for k in train.names:
         probe = torch.nn.Linear(train_x.shape[1], len(train.names[k]))
         optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
         for _ in range(300):
@@ -502,7 +527,7 @@ def train_captioner(args, train: ShapesTensors, test: ShapesTensors, log: dict) 
     )
 
     generator = seed_everything(args.seed + 4)
-    tokenizer = build_bert_tokenizer(caption_vocabulary("one_object"))
+    tokenizer = build_bert_tokenizer(caption_vocabulary(args.config))
     encoder = ViTConfig(image_size=32, patch_size=4, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                         num_attention_heads=4)
     decoder = BertConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -536,20 +561,44 @@ def train_captioner(args, train: ShapesTensors, test: ShapesTensors, log: dict) 
     log["train_cpu_s"] = round(time.process_time() - train_cpu, 1)
     model.eval()
     log["params"], log["steps"] = num_params(model), steps
-    log["test_captions"] = captioner_eval(model, tokenizer, test, args.device)
+    log["test_captions"] = captioner_eval(model, tokenizer, test, args.device, args.config)
     model.cpu().save_pretrained(args.output_dir / "captioner")
     tokenizer.save_pretrained(args.output_dir / "captioner")
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(args.output_dir / "captioner")
 
 
 @torch.no_grad()
-def captioner_eval(model, tokenizer, test: ShapesTensors, device: str) -> dict:
-    """Greedy captions of test images read back with `parse_caption` and compared with the drawn attributes."""
+def generate_captions(model, tokenizer, pixels: torch.Tensor, device: str, do_sample: bool = False, seed: int = 0):
+    """Captions of images in [0, 1]: greedy, or sampled (temperature 1) from a seeded generator."""
     captions = []
-    for start in range(0, len(test), 250):
-        pixels = test.floats(slice(start, start + 250)).to(device) * 2 - 1
-        ids = model.generate(pixel_values=pixels, do_sample=False, max_length=24)  # greedy
+    torch.manual_seed(seed)
+    for start in range(0, len(pixels), 250):
+        batch = pixels[start : start + 250].to(device) * 2 - 1
+        ids = model.generate(pixel_values=batch, do_sample=do_sample, max_length=40)
         captions += tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return captions
+
+
+@torch.no_grad()
+def captioner_eval(model, tokenizer, test: ShapesTensors, device: str, config: str) -> dict:
+    """Captions of test images read back and checked against the drawn scene.
+
+    `one_object`: greedy captions parsed with `parse_caption`, per attribute. `scenes`: claim accuracy
+    (`diffusers_edge.data.scenes.claim_accuracy`) of greedy captions and of sampled ones (what caption synthesis
+    writes), against each image's true scene.
+    """
+    captions = generate_captions(model, tokenizer, test.floats(), device)
+    if config == "scenes":
+        truth = [test.scene(i) for i in range(len(test))]
+        sampled = generate_captions(model, tokenizer, test.floats(), device, do_sample=True)
+        return {
+            "greedy": {k: round(v, 2) for k, v in scenes.claim_accuracy(captions, truth).items()},
+            "sampled": {k: round(v, 2) for k, v in scenes.claim_accuracy(sampled, truth).items()},
+            "distinct_captions": len(set(captions)),
+            "distinct_sampled_captions": len(set(sampled)),
+            "examples": captions[:5],
+            "sampled_examples": sampled[:5],
+        }
     correct = {k: [] for k in ATTRIBUTES}
     parsed_ok = 0
     for i, caption in enumerate(captions):
@@ -582,17 +631,80 @@ STUDENT_IMAGE_ENCODER = {
 }
 
 
-def write_student_image_encoder(args, log: dict) -> None:
+STUDENT_PRETRAINING_SEED = 1
+"""Seed of the captioned-shapes data the scenes student encoder is pretrained on: no split of the stack or the
+demo (data seed 0) holds these images, as ImageNet holds none of Flickr30K's test images."""
+STUDENT_PRETRAINING_IMAGES = 10000
+
+
+def write_student_image_encoder(args, test: ShapesTensors, log: dict) -> None:
+    """Writes the student encoder's `config.json`; for `scenes` also pretrains it and writes `model.safetensors`.
+
+    The protocol's nfnet_l0 starts from ImageNet classification weights. The miniature of that: a multi-label
+    classifier of which (shape, colour) pairs a scene holds (24 outputs, binary cross-entropy), trained without
+    captions on `STUDENT_PRETRAINING_IMAGES` images of data seed `STUDENT_PRETRAINING_SEED`. Its classifier stays
+    in the file; `build_image_encoder(checkpoint=...)` drops it.
+    """
     import timm
+    from safetensors.torch import save_file
 
     spec = dict(STUDENT_IMAGE_ENCODER)
+    folder = args.output_dir / "student-image-encoder"
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.config == "scenes":
+        generator = seed_everything(args.seed + 7)
+        count = 600 if args.quick else STUDENT_PRETRAINING_IMAGES
+        data = ShapesTensors.from_dataset(load_captioned_shapes(
+            "scenes", seed=STUDENT_PRETRAINING_SEED, num_train=count, num_val=0, num_test=0)["train"])
+        targets, test_targets = presence_targets(data), presence_targets(test)
+        model = timm.create_model(spec["model_name"], num_classes=targets.shape[1], **spec["kwargs"]).to(args.device)
+        batch_size = 128
+        steps = args.student_epochs * (len(data) // batch_size)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+        scheduler = one_cycle(optimizer, steps)
+        progress = tqdm(total=steps, desc="student image encoder (shape-colour presence)")
+        train_cpu = time.process_time()
+        for _ in range(args.student_epochs):
+            model.train()
+            for index in batches(len(data), batch_size, generator):
+                pixels = clip_normalize(data.floats(index)).to(args.device)
+                flip = torch.rand(len(index), generator=generator) < 0.5
+                pixels = torch.where(flip.to(args.device)[:, None, None, None], pixels.flip(-1), pixels)
+                loss = F.binary_cross_entropy_with_logits(model(pixels), targets[index].to(args.device))
+                optimisation_step(loss, optimizer, scheduler, progress, loss=f"{loss.item():.4f}")
+        progress.close()
+        log["train_cpu_s"] = round(time.process_time() - train_cpu, 1)
+        model.eval()
+        with torch.no_grad():
+            predicted = torch.cat([model(clip_normalize(test.floats(slice(i, i + 500))).to(args.device)).cpu() > 0
+                                   for i in range(0, len(test), 500)])
+        log["test_presence"] = {
+            "bit_accuracy": round(100 * float((predicted == test_targets.bool()).float().mean()), 2),
+            "exact_match": round(100 * float((predicted == test_targets.bool()).all(1).float().mean()), 2),
+        }
+        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+        spec |= {"pretrained": True, "checkpoint": "model.safetensors", "note": (
+            f"Pretrained without captions to tell which (shape, colour) pairs a scene holds, on {count} images of "
+            f"captioned-shapes data seed {STUDENT_PRETRAINING_SEED} (no split of data seed 0), as the protocol's "
+            "nfnet_l0 starts from ImageNet weights. Load with build_image_encoder(checkpoint=<this folder>/"
+            "model.safetensors, **kwargs); the 24-way classifier in the file is dropped.")}
+        spec["pretraining"] = {"images": count, "data_seed": STUDENT_PRETRAINING_SEED, "epochs": args.student_epochs,
+                               "steps": steps, "targets": "presence of each (shape, colour) pair, 24 bits"}
     model = timm.create_model(spec["model_name"], pretrained=False, num_classes=0, **spec["kwargs"])
     spec["num_features"] = int(model.num_features)
     spec["params"] = num_params(model)
-    folder = args.output_dir / "student-image-encoder"
-    folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     log.update({"num_features": spec["num_features"], "params": spec["params"]})
+
+
+def presence_targets(data: ShapesTensors) -> torch.Tensor:
+    """(N, 24) floats: 1 where the scene holds an object of that shape and colour (shapes major)."""
+    pairs = [(shape, color) for shape in scenes.SHAPES for color in scenes.COLORS]
+    targets = torch.zeros(len(data), len(pairs))
+    for i in range(len(data)):
+        for obj in data.scene(i).objects:
+            targets[i, pairs.index((obj.shape, obj.color))] = 1.0
+    return targets
 
 
 # --------------------------------------------------------------------------------------------------------- VAE
@@ -741,7 +853,7 @@ def train_unet(args, train: ShapesTensors, log: dict):
     text_encoder = CLIPTextModel(clip.config.text_config)
     text_encoder.load_state_dict(clip.text_model.state_dict())  # transformers 5: CLIPTextModel has no wrapper
     text_encoder = text_encoder.to(args.device).eval().requires_grad_(False)
-    tokenizer = clip_tokenizer()
+    tokenizer = clip_tokenizer(args.config)
     moments = encode_latents(vae, train, args.device, sample=True).to(args.device)  # (N, 8, 8, 8): mean | std
     scale = vae.config.scaling_factor
     train_scheduler, sample_scheduler = sd_schedulers(args.prediction_type)
@@ -819,7 +931,7 @@ def evaluate_generation(args, test: ShapesTensors, log: dict) -> None:
     judge = load_judge(args.output_dir / "judge", device=args.device)
     count = min(args.eval_samples, len(test))
     prompts = [test.captions[i][i % 5] for i in range(count)]
-    targets = [parse_caption(p) for p in prompts]
+    targets = None if args.config == "scenes" else [parse_caption(p) for p in prompts]
     for guidance in args.guidance_scales:
         images = []
         for start in range(0, count, 250):
@@ -828,12 +940,40 @@ def evaluate_generation(args, test: ShapesTensors, log: dict) -> None:
                        guidance_scale=guidance, generator=generator, output_type="np")
             images.append(out.images)
         images = np.concatenate(images)
-        scores = score_prompt_following(images, targets, judge)
+        if args.config == "scenes":
+            scores = score_claims(images, prompts, judge)
+            scores |= unsaid_variety(prompts, read_scenes(images, judge)[0], [test.scene(i) for i in range(count)])
+        else:
+            scores = score_prompt_following(images, targets, judge)
         log[f"guidance_{guidance:g}"] = {k: round(v, 2) for k, v in scores.items()}
         print(f"guidance {guidance:g}: {log[f'guidance_{guidance:g}']}", flush=True)
         if guidance == args.guidance_scales[-1]:
             save_grid(images[:64], prompts[:64], args.output_dir / "stable-diffusion-samples.png")
     log.update({"samples": count, "inference_steps": args.inference_steps, "scheduler": "DDIM"})
+
+
+def unsaid_variety(prompts: list[str], generated: list, real: list) -> dict[str, float]:
+    """How varied what the prompts leave unsaid is in generated scenes, next to the real scenes of those prompts.
+
+    Entropy in bits of the background over prompts that do not name it, and of the number of objects over prompts
+    that do not count them, for the judged generated scenes and for the real images the prompts were written for.
+    """
+    def entropy(values: list) -> float:
+        counts = np.array(list(Counter(values).values()), dtype=float)
+        shares = counts / counts.sum()
+        return float(-(shares * np.log2(shares)).sum()) + 0.0  # + 0.0: one value gives 0.0, not -0.0
+
+    claims = [{c.kind for c in scenes.parse_claims(p)} for p in prompts]
+    silent_background = [i for i, kinds in enumerate(claims) if "background" not in kinds]
+    silent_count = [i for i, kinds in enumerate(claims) if not kinds & {"count"}]
+    return {
+        "background_entropy_generated": entropy([generated[i].background for i in silent_background]),
+        "background_entropy_real": entropy([real[i].background for i in silent_background]),
+        "count_entropy_generated": entropy([len(generated[i].objects) for i in silent_count]),
+        "count_entropy_real": entropy([len(real[i].objects) for i in silent_count]),
+        "distinct_scenes_generated": 100.0 * len(set(generated)) / len(generated),
+        "distinct_scenes_real": 100.0 * len(set(real)) / len(real),
+    }
 
 
 def save_grid(images: np.ndarray, prompts: list[str], path: Path) -> None:
@@ -860,7 +1000,7 @@ def load_splits(args) -> tuple[ShapesTensors, ShapesTensors]:
             raise ValueError(f"{args.data_cache} holds {len(train)}/{len(test)} train/test images, the arguments "
                              f"ask for {args.num_train}/{args.num_test}: delete it or pass other sizes.")
         return train, test
-    dsd = load_captioned_shapes("one_object", seed=args.data_seed, num_train=args.num_train, num_val=0,
+    dsd = load_captioned_shapes(args.config, seed=args.data_seed, num_train=args.num_train, num_val=0,
                                 num_test=args.num_test)
     train, test = ShapesTensors.from_dataset(dsd["train"]), ShapesTensors.from_dataset(dsd["test"])
     if args.data_cache is not None:
@@ -899,7 +1039,7 @@ def main(argv: list[str] | None = None) -> dict:
             train_captioner(args, train, test, entry)
     if "student-image-encoder" in args.components:
         with stage(log, "student-image-encoder") as entry:
-            write_student_image_encoder(args, entry)
+            write_student_image_encoder(args, test, entry)
     if "vae" in args.components:
         with stage(log, "vae") as entry:
             if (args.output_dir / "stable-diffusion").is_dir():  # a new VAE invalidates the old UNet
@@ -913,6 +1053,14 @@ def main(argv: list[str] | None = None) -> dict:
             evaluate_generation(args, test, entry)
     settings["total_wall_s"] = round(time.perf_counter() - started, 1)
     log["size_mb"] = round(folder_mb(args.output_dir), 2)
+    if log_path.exists():  # another run may have written stages meanwhile (components trained in parallel): keep them
+        current = json.loads(log_path.read_text())
+        run = len(log["runs"]) - 1
+        ours = {k: v for k, v in log.items() if k != "runs" and isinstance(v, dict) and v.get("run") == run}
+        log = current | ours | {"size_mb": log["size_mb"]}
+        log["runs"] = current.get("runs", []) + [settings]
+        for entry in ours.values():
+            entry["run"] = len(log["runs"]) - 1
     log_path.write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {args.output_dir} ({log['size_mb']} MB) in {settings['total_wall_s']} s", flush=True)
     return log

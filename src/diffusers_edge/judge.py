@@ -228,3 +228,80 @@ def score_prompt_following(
         scores["shape+color"] = 100.0 * float(np.logical_and(*(correct[k] for k in PAIRED_ATTRIBUTES)).mean())
     scores["all"] = 100.0 * float(np.logical_and.reduce(list(correct.values())).mean())
     return scores
+
+
+@torch.no_grad()
+def read_scenes(images: Any, judge: AttributeJudge, batch_size: int = 256) -> tuple[list[Any], np.ndarray]:
+    """Reads the scene of every image with a scene judge (one head per `diffusers_edge.data.scenes.SCENE_LABELS`).
+
+    A cell is empty when its shape head says `"none"`; otherwise its colour and size are the most likely classes
+    other than `"none"`, so every reading is a valid `Scene`. The confidence of a reading is the lowest probability
+    among the classes read (over every head it used): how sure the judge is of its least certain decision.
+
+    Returns:
+        The scenes and their confidences, an array of `len(images)` values in (0, 1].
+
+    Example:
+        >>> judge = load_judge(shapes_stack_path("judge", config="scenes"))  # doctest: +SKIP
+        >>> scenes, confidence = read_scenes(images, judge)  # doctest: +SKIP
+    """
+    from .data.scenes import GRID_CELLS, NONE, SCENE_LABELS, scene_from_columns
+
+    if set(judge.labels) != set(SCENE_LABELS):
+        raise ValueError(f"This judge reads {sorted(judge.labels)}, not the scene columns; load a scenes judge.")
+    judge.eval()
+    device = next(judge.parameters()).device
+    pixels = images_to_tensor(images, judge.config["image_size"])
+    scenes, confidences = [], []
+    for start in range(0, len(pixels), batch_size):
+        logits = judge(pixels[start : start + batch_size].to(device))
+        probabilities = {name: values.softmax(-1).cpu() for name, values in logits.items()}
+        for i in range(len(probabilities["background"])):
+            readings = {"background": _most_likely(probabilities["background"][i], judge.labels["background"])}
+            for cell in (c.replace(" ", "_") for c in GRID_CELLS):
+                shape = _most_likely(probabilities[f"shape_{cell}"][i], judge.labels[f"shape_{cell}"])
+                readings[f"shape_{cell}"] = shape
+                for name in (f"color_{cell}", f"size_{cell}"):
+                    if shape[0] == NONE:
+                        readings[name] = (NONE, 1.0)
+                    else:
+                        readings[name] = _most_likely(probabilities[name][i], judge.labels[name], exclude=NONE)
+            scenes.append(scene_from_columns({name: value for name, (value, _) in readings.items()}))
+            confidences.append(min(p for _, p in readings.values()))
+    return scenes, np.asarray(confidences)
+
+
+def _most_likely(probabilities: torch.Tensor, names: Sequence[str], exclude: str | None = None) -> tuple[str, float]:
+    """The most likely class name (other than `exclude`) and its probability."""
+    if exclude is not None:
+        probabilities = probabilities.clone()
+        probabilities[list(names).index(exclude)] = 0.0
+    best = int(probabilities.argmax())
+    return names[best], float(probabilities[best])
+
+
+def score_claims(
+    images: Any, captions: Sequence[str], judge: AttributeJudge, confident: float = 0.9, batch_size: int = 256
+) -> dict[str, float]:
+    """Claim accuracy of `captions[i]` on `images[i]` as the scene judge reads the images.
+
+    Returns `diffusers_edge.data.scenes.claim_accuracy` of the captions against the judged scenes (percent,
+    overall and per claim kind), plus `confident` (percent of images the judge read with confidence at least
+    `confident`) and `all_confident` (claim accuracy on those images only).
+
+    Example:
+        >>> score_claims(images, ["a red circle left of a blue box"], judge)  # doctest: +SKIP
+        {'all': 100.0, 'relation': 100.0, 'confident': 100.0, 'all_confident': 100.0}
+    """
+    from .data.scenes import claim_accuracy
+
+    scenes, confidences = read_scenes(images, judge, batch_size)
+    if len(captions) != len(scenes):
+        raise ValueError(f"Got {len(scenes)} images but {len(captions)} captions.")
+    scores = claim_accuracy(captions, scenes)
+    sure = confidences >= confident
+    scores["confident"] = 100.0 * float(sure.mean())
+    if sure.any():
+        kept = np.flatnonzero(sure)
+        scores["all_confident"] = claim_accuracy([captions[i] for i in kept], [scenes[i] for i in kept])["all"]
+    return scores

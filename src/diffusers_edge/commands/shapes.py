@@ -34,11 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         >>> parse_args(["--config", "two_objects", "--num_train", "100"]).num_train
         100
     """
+    from diffusers_edge.data.shapes import CONFIGS
+
     parser = argparse.ArgumentParser(
         prog="diffusers-edge shapes",
         description="Build the embedded captioned-shapes dataset, print statistics and write a preview grid.",
     )
-    parser.add_argument("--config", choices=["one_object", "two_objects"], default="one_object")
+    parser.add_argument("--config", choices=list(CONFIGS), default="scenes")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same data (pixels and captions)")
     parser.add_argument("--output_dir", default="shapes-preview", help="where preview.png and statistics.json go")
     parser.add_argument("--num_train", type=int, default=5000)

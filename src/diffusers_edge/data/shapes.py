@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import tempfile
 from collections import Counter
@@ -194,13 +195,17 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, ext
 
 
 def render_shapes(
-    objects: Sequence[ShapeObject], image_size: int = 32, rng: np.random.Generator | None = None
+    objects: Sequence[ShapeObject],
+    image_size: int = 32,
+    rng: np.random.Generator | None = None,
+    background: tuple[int, int, int] = (0, 0, 0),
 ) -> Image.Image:
-    """Draws `objects` on a near-black background and returns an RGB image of `image_size` pixels a side.
+    """Draws `objects` on a `background` colour and returns an RGB image of `image_size` pixels a side.
 
-    With `rng`, the background, each object's centre (+-0.5 px), extent (within its size range), brightness and
-    per-channel colour are jittered from it; without, the scene is drawn canonically (black background, exact
-    colours, mid-range extent, grid centres). Geometry scales with `image_size` (given in pixels at 32 px).
+    With `rng`, the background (each channel plus up to `BACKGROUND_MAX`), each object's centre (+-0.5 px),
+    extent (within its size range), brightness and per-channel colour are jittered from it; without, the scene is
+    drawn canonically (exact background and colours, mid-range extent, grid centres). Geometry scales with
+    `image_size` (given in pixels at 32 px).
 
     Example:
         >>> image = render_shapes([ShapeObject("square", "red", "large", "center")])
@@ -211,8 +216,9 @@ def render_shapes(
         raise ValueError(f"image_size must be at least 16 pixels to draw the shapes apart, got {image_size}.")
     scale = image_size / 32 * _SUPERSAMPLE
     side = image_size * _SUPERSAMPLE
-    background = (0, 0, 0) if rng is None else tuple(int(v) for v in rng.integers(0, BACKGROUND_MAX, size=3))
-    canvas = Image.new("RGB", (side, side), background)
+    if rng is not None:
+        background = tuple(int(b + v) for b, v in zip(background, rng.integers(0, BACKGROUND_MAX, size=3)))
+    canvas = Image.new("RGB", (side, side), tuple(background))
     draw = ImageDraw.Draw(canvas)
     for obj in objects:
         low, high = SIZES[obj.size]
@@ -296,10 +302,14 @@ def caption_vocabulary(config_name: str | None = None) -> list[str]:
     texts: list[str] = list(BACKGROUND_WORDS) + list(COLORS)
     texts += [w for words in SIZE_WORDS.values() for w in words]
     texts += [w for words in SHAPE_WORDS.values() for w in words]
-    names = list(CONFIG_NUM_OBJECTS) if config_name is None else [config_name]
+    names = list(CONFIGS) if config_name is None else [config_name]
     for name in names:
         num_objects = _num_objects(name)
-        if num_objects == 1:
+        if num_objects == 0:
+            from .scenes import scenes_vocabulary
+
+            texts += scenes_vocabulary()
+        elif num_objects == 1:
             texts += list(_ONE_OBJECT_TEMPLATES) + [p for ps in POSITION_PHRASES.values() for p in ps]
         else:
             texts += list(_TWO_OBJECT_TEMPLATES) + [p for ps in RELATION_PHRASES.values() for p in ps]
@@ -362,7 +372,9 @@ def _find_all(caption: str, table: dict[str, tuple[str, ...]]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- the dataset
 
-CONFIG_NUM_OBJECTS = {"one_object": 1, "two_objects": 2}
+CONFIG_NUM_OBJECTS = {"one_object": 1, "two_objects": 2, "scenes": 0}
+"""Objects per image of each config; 0 marks `scenes` (2-4 objects on a grid, `diffusers_edge.data.scenes`)."""
+CONFIGS = tuple(CONFIG_NUM_OBJECTS)
 SPLITS = ("train", "validation", "test")  # Karpathy's train / val / test
 
 
@@ -380,6 +392,11 @@ def num_combinations(config_name: str = "one_object") -> int:
         432
     """
     objects = len(SHAPES) * len(COLORS) * len(SIZES)
+    if _num_objects(config_name) == 0:
+        from .scenes import BACKGROUNDS, GRID_CELLS, NUM_OBJECTS
+
+        layouts = sum(math.comb(len(GRID_CELLS), n) * objects**n for n in NUM_OBJECTS)
+        return layouts * len(BACKGROUNDS)
     if _num_objects(config_name) == 1:
         return objects * len(POSITIONS)
     return objects * (objects - 1) * 2  # ordered (left/top, right/bottom) pairs of distinct objects, 2 axes
@@ -393,7 +410,7 @@ def example_rng(seed: int, config_name: str, split: str, index: int) -> np.rando
         >>> int(a.integers(1000)) == int(b.integers(1000))
         True
     """
-    keys = (_num_objects(config_name), SPLITS.index(split), index)
+    keys = (CONFIGS.index(config_name) + 1, SPLITS.index(split), index)  # one_object / two_objects: 1 / 2 as ever
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=keys))
 
 
@@ -429,6 +446,10 @@ def combination_key(example: dict[str, Any], num_objects: int = 1) -> tuple:
         >>> combination_key({"shape": "circle", "color": "red", "size": "small", "position": "top"})
         ('circle', 'red', 'small', 'top')
     """
+    if num_objects == 0:
+        from .scenes import SCENE_LABELS
+
+        return tuple(example[k] for k in SCENE_LABELS)
     if num_objects == 1:
         return tuple(example[k] for k in ("shape", "color", "size", "position"))
     objs = [tuple(example[f"{k}_{i}"] for k in ("shape", "color", "size")) for i in (1, 2)]
@@ -440,6 +461,10 @@ def combination_key(example: dict[str, Any], num_objects: int = 1) -> tuple:
 
 
 def _attribute_features(num_objects: int) -> dict[str, datasets.ClassLabel]:
+    if num_objects == 0:
+        from .scenes import SCENE_LABELS
+
+        return {k: datasets.ClassLabel(names=list(v)) for k, v in SCENE_LABELS.items()}
     labels = {"shape": SHAPES, "color": tuple(COLORS), "size": tuple(SIZES), "position": tuple(POSITIONS)}
     if num_objects == 1:
         return {k: datasets.ClassLabel(names=list(v)) for k, v in labels.items()}
@@ -472,6 +497,15 @@ def generate_example(
         ('test-00000', 5, (32, 32))
     """
     rng = example_rng(seed, config_name, split, index)
+    if _num_objects(config_name) == 0:
+        from . import scenes
+
+        scene = scenes.sample_scene(rng)
+        image = scenes.render_scene(scene, image_size=image_size, rng=rng)
+        captions = scenes.caption_scene(scene, rng)
+        return {IMAGE_COLUMN: image, CAPTIONS_COLUMN: captions, IMAGE_ID_COLUMN: f"{split}-{index:05d}"} | (
+            scenes.scene_columns(scene)
+        )
     objects, relation = sample_scene(_num_objects(config_name), rng)
     image = render_shapes(objects, image_size=image_size, rng=rng)
     captions = caption_shapes(objects, relation, rng=rng)
@@ -501,8 +535,8 @@ class CaptionedShapesConfig(datasets.BuilderConfig):
 
     def check(self) -> None:
         """Raises `ValueError` naming the first invalid field."""
-        if self.num_objects not in (1, 2):
-            raise ValueError(f"num_objects must be 1 or 2, got {self.num_objects!r}.")
+        if self.num_objects not in (0, 1, 2):
+            raise ValueError(f"num_objects must be 1, 2 or 0 (scenes), got {self.num_objects!r}.")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}.")
         if not isinstance(self.num_train, int) or self.num_train < 1:
@@ -550,6 +584,12 @@ class CaptionedShapes(datasets.GeneratorBasedBuilder):
             version=VERSION,
             description="Two shapes; captions name both objects and their spatial relation (left of, above, ...).",
         ),
+        CaptionedShapesConfig(
+            name="scenes",
+            num_objects=0,
+            version=VERSION,
+            description="2-4 shapes on a 2x2 grid and a background; each caption names a part of the scene.",
+        ),
     ]
     DEFAULT_CONFIG_NAME = "one_object"
     DEFAULT_WRITER_BATCH_SIZE = 1000
@@ -581,7 +621,7 @@ class CaptionedShapes(datasets.GeneratorBasedBuilder):
         ]
 
     def _generate_examples(self, split: str, num_examples: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        config_name = {1: "one_object", 2: "two_objects"}[self.config.num_objects]
+        config_name = {1: "one_object", 2: "two_objects", 0: "scenes"}[self.config.num_objects]
         for index in range(num_examples):
             yield index, generate_example(self.config.seed, config_name, split, index, self.config.image_size)
 

@@ -14,21 +14,27 @@ STACK_COMPONENTS: dict[str, str] = {
     "stable-diffusion": "StableDiffusionPipeline folder (plays stable-diffusion-v1-5)",
     "captioner": "VisionEncoderDecoderModel + ViTImageProcessor + BertTokenizer (plays the multimodal LLM)",
     "text-encoder": "BertModel + BertTokenizer pretrained with masked-LM on captions (plays bert-base-uncased)",
-    "student-image-encoder": "a timm model name + kwargs in config.json (plays nfnet_l0, randomly initialised)",
-    "judge": "attribute classifier (diffusers_edge.judge) that scores generated images",
+    "student-image-encoder": "a timm model name + kwargs in config.json, and for scenes its pretrained weights "
+    "(plays nfnet_l0)",
+    "judge": "attribute classifier (diffusers_edge.judge) that scores generated images (per grid cell for scenes)",
 }
 """The folders of the stack and what each one plays."""
 
 
-def shapes_stack_path(component: str | None = None) -> Path:
-    """Returns the installed shapes-stack folder, or one component's folder inside it.
+STACK_FOLDERS: dict[str, str] = {"one_object": "shapes-stack", "scenes": "scenes-stack"}
+"""The captioned-shapes config each shipped stack was trained on -> its folder under the package's `assets/`."""
+
+
+def shapes_stack_path(component: str | None = None, config: str = "one_object") -> Path:
+    """Returns the installed stack folder of a captioned-shapes config, or one component's folder inside it.
 
     Args:
         component: one of `STACK_COMPONENTS` (`"clip"`, `"stable-diffusion"`, `"captioner"`, `"text-encoder"`,
             `"student-image-encoder"`, `"judge"`), or `None` for the stack folder itself.
+        config: the captioned-shapes config the stack was trained on (`STACK_FOLDERS`: `one_object` or `scenes`).
 
     Raises:
-        ValueError: `component` is not a stack component.
+        ValueError: `component` is not a stack component, or no stack is shipped for `config`.
         FileNotFoundError: the folder is missing (the stack was not trained or not installed with the package).
 
     Example:
@@ -37,7 +43,9 @@ def shapes_stack_path(component: str | None = None) -> Path:
         >>> shapes_stack_path("judge").name
         'judge'
     """
-    root = Path(__file__).resolve().parent.parent / "assets" / "shapes-stack"
+    if config not in STACK_FOLDERS:
+        raise ValueError(f"No stack is shipped for config {config!r}; choose one of {list(STACK_FOLDERS)}.")
+    root = Path(__file__).resolve().parent.parent / "assets" / STACK_FOLDERS[config]
     if component is not None and component not in STACK_COMPONENTS:
         raise ValueError(f"Unknown shapes-stack component {component!r}; choose one of {list(STACK_COMPONENTS)}.")
     path = root if component is None else root / component
