@@ -1,6 +1,7 @@
 """The distilled-set layout: atomic shards, the card, the builder (our layout + flat BLIP JSON), exporters, push."""
 
 import json
+import os
 
 import datasets
 import numpy as np
@@ -134,6 +135,82 @@ def test_flat_json_from_other_tools_and_its_errors(tmp_path):
         {"image": "imgs/b.png", "caption": "y", "image_id": 1},
     ]
     fails(two_files, ValueError, "record 1: image_id '1' names", "clash.json")
+
+
+# The peers' readers, rebuilt from what their evaluation code does (our code, not theirs):
+# LoRS (BLIP's re_train_dataset): json.load(ann_root/<fixed name>), image = os.path.join(image_root, record["image"]).
+def lors_pairs(ann_root, image_root, benchmark):
+    name = {"flickr30k": "flickr30k_train.json", "coco": "coco_karpathy_train.json"}[benchmark]
+    with open(os.path.join(ann_root, name)) as f:
+        records = json.load(f)
+    return [(os.path.join(image_root, r["image"]), r["caption"], r["image_id"]) for r in records]
+
+
+# EDGE (evaluation/evaluation.py): distill_image = os.path.join(distill_ann, "images"); the JSON has a fixed name in
+# distill_ann; image = os.path.join(distill_image, record["image"]).
+def edge_pairs(distill_ann, benchmark):
+    distill_image = os.path.join(distill_ann, "images")
+    name = {"flickr30k": "flickr30k_train.json", "coco": "coco_train.json"}[benchmark]
+    with open(os.path.join(distill_ann, name)) as f:
+        records = json.load(f)
+    return [(os.path.join(distill_image, r["image"]), r["caption"], r["image_id"]) for r in records]
+
+
+def open_every_pair(pairs, distilled):
+    """Opens every image a peer would open and checks its pixels and caption against the distilled set."""
+    expected = [(row, caption) for row, captions in enumerate(distilled["captions"]) for caption in captions]
+    assert [(image_id, caption) for _, caption, image_id in pairs] == expected
+    for path, _, image_id in pairs:
+        with PIL.Image.open(path) as opened:
+            assert np.array_equal(np.asarray(opened.convert("RGB")), np.asarray(distilled[image_id]["image"]))
+
+
+@pytest.mark.parametrize("peer_set", ["flickr30k", "coco"])
+def test_exports_open_in_the_peers_readers(finished, tmp_path, peer_set):
+    distilled = load_distilled(finished, cache_dir=tmp_path / "cache")
+    lors = tmp_path / "lors"
+    path = export_blip_json(distilled, lors, layout="lors", benchmark=peer_set)
+    assert path.parent == lors
+    open_every_pair(lors_pairs(lors, lors, peer_set), distilled)
+
+    edge = tmp_path / "edge"
+    export_blip_json(distilled, edge, layout="edge", benchmark=peer_set)
+    open_every_pair(edge_pairs(edge, peer_set), distilled)
+    back = load_distilled(edge / path.name if peer_set == "flickr30k" else edge / "coco_train.json",
+                          image_root=edge / "images", cache_dir=tmp_path / "cache-edge")
+    assert back["captions"] == distilled["captions"]
+
+    # the generic layout is what each peer failed on: LoRS finds no file, EDGE doubles images/images/
+    generic = tmp_path / "generic"
+    export_blip_json(distilled, generic)
+    with pytest.raises(FileNotFoundError):
+        lors_pairs(generic, generic, peer_set)
+    (generic / ("flickr30k_train.json" if peer_set == "flickr30k" else "coco_train.json")).write_text(
+        (generic / "train.json").read_text()
+    )
+    with pytest.raises(FileNotFoundError, match="images/images/000000.png"):
+        open_every_pair(edge_pairs(generic, peer_set), distilled)
+
+
+def test_export_presets_refuse_names_the_peers_would_not_find(finished, tmp_path):
+    distilled = load_distilled(finished, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="layout='lors' writes 'flickr30k_train.json'"):
+        export_blip_json(distilled, tmp_path / "a", layout="lors", json_name="train.json")
+    with pytest.raises(ValueError, match="reads images from 'images/'"):
+        export_blip_json(distilled, tmp_path / "b", layout="edge", image_folder="pics")
+    with pytest.raises(ValueError, match="benchmark must be one of"):
+        export_blip_json(distilled, tmp_path / "c", layout="edge", benchmark="cc3m")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        export_blip_json(distilled, tmp_path / "d", layout="mtt")
+
+
+def test_export_command_writes_the_edge_layout(finished, tmp_path, capsys):
+    from diffusers_edge.cli import main
+
+    out = tmp_path / "edge"
+    assert main(["export", "--distilled", str(finished), "--output_dir", str(out), "--layout", "edge"]) == 0
+    assert "10 pairs, 5 images (edge layout)" in capsys.readouterr().out
+    open_every_pair(edge_pairs(out, "flickr30k"), load_distilled(finished, cache_dir=tmp_path / "cache"))
 
 
 class RecordingApi:

@@ -24,7 +24,7 @@ folder, one record per (image, caption) pair. `to_flat_pairs` and `export_blip_j
 Example:
     >>> distilled = load_distilled("flickr-edge-500")            # a folder or a Hub repo id
     >>> pairs = to_flat_pairs(distilled)                          # one row per (image, caption) pair
-    >>> export_blip_json(distilled, "flickr-edge-500-blip")       # train.json + images/ for LoRS/EDGE code
+    >>> export_blip_json(distilled, "flickr-edge-500-lors", layout="lors")   # what LoRS' evaluation reads
 """
 
 from __future__ import annotations
@@ -473,39 +473,91 @@ def _image_suffix(data: bytes) -> str:
         return "." + (image.format or "png").lower().replace("jpeg", "jpg")
 
 
+# The peers' evaluation code reads a fixed annotation file name per benchmark (docs/distill.md section 9):
+# LoRS (after BLIP's `re_train_dataset`) reads `<ann_root>/<name>` and opens `<image_root>/<record image>`;
+# EDGE's `evaluation/evaluation.py` reads `<distill_ann>/<name>` and opens `<distill_ann>/images/<record image>`.
+EXPORT_LAYOUTS = ("blip", "lors", "edge")
+EXPORT_BENCHMARKS = ("flickr30k", "coco")
+PEER_JSON_NAMES = {
+    "lors": {"flickr30k": "flickr30k_train.json", "coco": "coco_karpathy_train.json"},
+    "edge": {"flickr30k": "flickr30k_train.json", "coco": "coco_train.json"},
+}
+EDGE_IMAGE_FOLDER = "images"
+
+
 def export_blip_json(
     dataset: datasets.Dataset,
     output_dir: str | os.PathLike,
-    json_name: str = "train.json",
+    layout: str = "blip",
+    benchmark: str = "flickr30k",
+    json_name: str | None = None,
     image_folder: str = "images",
 ) -> Path:
-    """Writes the flat EDGE/LoRS/BLIP JSON form: `json_name` with one record per pair + an image folder.
+    """Writes the flat EDGE/LoRS/BLIP JSON form: one record per (image, caption) pair + an image folder.
 
-    Records are `{"image": "images/000000.png", "caption": str, "image_id": int}` with paths relative to
-    `output_dir` (pass it as the image root of the evaluation code) and `image_id` the row index, as the BLIP
-    `re_train_dataset` expects. Image files keep their stored bytes (PNG for our sets). Each image is written once.
+    Records are `{"image": path, "caption": str, "image_id": int}` with `image_id` the row index, as BLIP's
+    `re_train_dataset` expects. Image files keep their stored bytes (PNG for our sets); each image is written once.
+    `layout` chooses the file name and what the `image` paths are relative to, so that a peer's evaluation code
+    opens the folder as it is:
+
+    * `"blip"`: `json_name` (default `train.json`); `image` = `images/000000.png`, relative to `output_dir`.
+    * `"lors"`: `flickr30k_train.json` or `coco_karpathy_train.json`; `image` = `images/000000.png`, relative to
+      `output_dir`. LoRS (BLIP's `re_train_dataset`) reads it with image root and annotation root `output_dir`.
+    * `"edge"`: `flickr30k_train.json` or `coco_train.json`; `image` = `000000.png`, relative to
+      `output_dir/images`. EDGE's `evaluation/evaluation.py` reads it with `--distill_ann output_dir`.
+
+    Args:
+        dataset: a distilled set (columns `image`, `captions`, `image_id`).
+        output_dir: the folder to write.
+        layout: `"blip"` (generic), `"lors"` or `"edge"`.
+        benchmark: `"flickr30k"` or `"coco"`: the peers name the file after the benchmark (`"lors"`, `"edge"`).
+        json_name: the file name of the `"blip"` layout; the presets fix theirs.
+        image_folder: the image sub-folder (`"blip"`, `"lors"`); EDGE's code always reads `images`.
 
     Returns:
         The JSON file's path.
 
     Example:
-        >>> export_blip_json(load_distilled("flickr-edge-500"), "flickr-edge-500-blip")
-        PosixPath('flickr-edge-500-blip/train.json')
+        >>> export_blip_json(load_distilled("flickr-edge-500"), "flickr-edge-500-edge", layout="edge")
+        PosixPath('flickr-edge-500-edge/flickr30k_train.json')
     """
     _check_distilled_columns(dataset)
+    json_name, image_folder, prefix = _export_names(layout, benchmark, json_name, image_folder)
     output_dir = Path(output_dir)
     (output_dir / image_folder).mkdir(parents=True, exist_ok=True)
     raw = dataset.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
     records = []
     for index, row in enumerate(raw.select_columns([IMAGE_COLUMN, CAPTIONS_COLUMN, IMAGE_ID_COLUMN])):
         data = _image_bytes(row[IMAGE_COLUMN])
-        relative = f"{image_folder}/{index:06d}{_image_suffix(data)}"
-        (output_dir / relative).write_bytes(data)
+        name = f"{index:06d}{_image_suffix(data)}"
+        (output_dir / image_folder / name).write_bytes(data)
         for caption in check_captions(row[CAPTIONS_COLUMN], record=f"row {index} (image_id={row[IMAGE_ID_COLUMN]!r})"):
-            records.append({"image": relative, "caption": caption, "image_id": index})
+            records.append({"image": prefix + name, "caption": caption, "image_id": index})
     path = output_dir / json_name
     path.write_text(json.dumps(records, indent=1), encoding="utf-8")
     return path
+
+
+def _export_names(layout: str, benchmark: str, json_name: str | None, image_folder: str) -> tuple[str, str, str]:
+    """(JSON file name, image folder, prefix of the records' `image`) of an export layout, checked."""
+    if layout not in EXPORT_LAYOUTS:
+        raise ValueError(f"layout must be one of {EXPORT_LAYOUTS}, got {layout!r}.")
+    if layout == "blip":
+        return json_name or "train.json", image_folder, f"{image_folder}/"
+    if benchmark not in EXPORT_BENCHMARKS:
+        raise ValueError(f"benchmark must be one of {EXPORT_BENCHMARKS} for layout={layout!r}, got {benchmark!r}.")
+    peer_name = PEER_JSON_NAMES[layout][benchmark]
+    if json_name is not None and json_name != peer_name:
+        raise ValueError(
+            f"layout={layout!r} writes {peer_name!r}, the name the peer's code reads for {benchmark}; "
+            f"json_name={json_name!r} would not be found. Use layout='blip' for a free name."
+        )
+    if layout == "lors":
+        return peer_name, image_folder, f"{image_folder}/"
+    if image_folder != EDGE_IMAGE_FOLDER:
+        raise ValueError(f"EDGE's evaluation code reads images from 'images/'; image_folder={image_folder!r} "
+                         "would not be found.")
+    return peer_name, EDGE_IMAGE_FOLDER, ""
 
 
 def push_distilled(
