@@ -2,11 +2,14 @@
 
 import json
 import os
+import shutil
 
 import datasets
+import huggingface_hub
 import numpy as np
 import PIL.Image
 import pytest
+from huggingface_hub import CommitOperationDelete, HfApi
 
 from diffusers_edge.data.distilled import (
     DISTILLED_FEATURES,
@@ -233,5 +236,54 @@ def test_push_uploads_card_and_shards_only(finished, tmp_path):
     upload = api.calls[1][1]
     assert upload["folder_path"] == str(finished) and upload["repo_type"] == "dataset"
     assert upload["allow_patterns"] == ["README.md", "data/train-*.parquet"]
+    assert upload["delete_patterns"] == ["data/train-*.parquet"]
     with pytest.raises(ValueError, match="not a finished distilled set"):
         push_distilled(tmp_path, "me/empty", api=RecordingApi())
+
+
+class LocalFolderHub(HfApi):
+    """huggingface_hub's own `upload_folder` (pattern matching, deletes dropped for re-uploaded paths), with the
+    network calls replaced by a local folder that plays the Hub repository: no Hub is reachable in the tests, so
+    the folder holds exactly the files a push leaves in the repository."""
+
+    def __init__(self, repo_folder):
+        super().__init__(token="hf_local")
+        self.repo_folder = repo_folder
+
+    def create_repo(self, repo_id, **kwargs):
+        self.repo_folder.mkdir(parents=True, exist_ok=True)
+        return f"https://huggingface.co/datasets/{repo_id}"
+
+    def list_repo_files(self, repo_id, **kwargs):
+        return [p.relative_to(self.repo_folder).as_posix() for p in self.repo_folder.rglob("*") if p.is_file()]
+
+    def _validate_yaml(self, content, **kwargs):
+        pass
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        for op in operations:
+            target = self.repo_folder / op.path_in_repo
+            if isinstance(op, CommitOperationDelete):
+                target.unlink()
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(op.path_or_fileobj, target)
+
+
+def test_a_second_push_replaces_the_set(finished, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)  # the single-commit path
+    repo = tmp_path / "hub-repo"
+    api = LocalFolderHub(repo)
+    push_distilled(finished, "me/edge-set", api=api)
+    first = datasets.load_dataset(str(repo), split="train", cache_dir=str(tmp_path / "c1"))
+    assert first.num_rows == 5
+
+    smaller = tmp_path / "smaller"
+    for shard, (start, count) in enumerate([(10, 2), (12, 1)]):
+        write_shard(rows(start, count), shard_path(smaller, shard, 2), smaller / TMP_DIR)
+    write_card(smaller, {"method": "EDGE", "num_pairs": 6, "captions_per_image": 2})
+    push_distilled(smaller, "me/edge-set", api=api)
+    assert sorted(p.name for p in (repo / "data").iterdir()) == [f"train-0000{i}-of-00002.parquet" for i in range(2)]
+    second = datasets.load_dataset(str(repo), split="train", cache_dir=str(tmp_path / "c2"))
+    assert second["image_id"] == ["10", "11", "12"]
+    assert not (repo / "edge_manifest.json").exists()

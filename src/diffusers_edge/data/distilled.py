@@ -571,7 +571,10 @@ def push_distilled(
     """Pushes a finished distilled-set folder to a Hub dataset repository: the card and the Parquet shards.
 
     The folder already is the Hub layout, so this uploads `README.md` and `data/*.parquet` as they are (the
-    local manifest and plan stay local); afterwards `datasets.load_dataset(repo_id)` reads the set.
+    local manifest and plan stay local); afterwards `datasets.load_dataset(repo_id)` reads the set. A push
+    replaces the set a repository held: in the same commit, every `data/train-*.parquet` of the repository that
+    this set does not have is deleted (as `datasets`' own `push_to_hub` does), so a re-push with fewer shards
+    leaves no stale shard for `load_dataset` to mix in.
 
     Args:
         path: the folder `EDGEPipeline.distill` wrote.
@@ -596,6 +599,7 @@ def push_distilled(
         repo_id=repo_id,
         repo_type="dataset",
         allow_patterns=[CARD_NAME, SHARD_GLOB],
+        delete_patterns=[SHARD_GLOB],  # the shards this push uploads are kept: huggingface_hub drops those deletes
         commit_message=commit_message,
     )
     return str(repo_url)
