@@ -15,8 +15,10 @@ and `distill(...)`, which writes the distilled set (EDGE, arXiv 2509.15472): sel
 per prompt with a seed derived from (seed, item index), add synthesized captions, and write Parquet shards in the
 Hub layout of `diffusers_edge.data.distilled`, resumably and across `accelerate` processes.
 
-A folder saved by `EDGEPipeline` names `EDGEPipeline` in its `model_index.json`; load it with
-`EDGEPipeline.from_pretrained` (diffusers' generic `DiffusionPipeline.from_pretrained` cannot import our class).
+A folder saved (or pushed) by `EDGEPipeline.save_pretrained` names `StableDiffusionPipeline` in its
+`model_index.json`, so diffusers' generic `DiffusionPipeline.from_pretrained` opens it anywhere as a working
+text-to-image pipeline (it skips the extra components, with a warning that names them), while
+`EDGEPipeline.from_pretrained` (a subclass's loader ignores `_class_name`) loads it with them.
 
 Example:
     >>> from diffusers_edge.captioning import Captioner
@@ -264,6 +266,23 @@ class EDGEPipeline(StableDiffusionPipeline):
             captioner_processor=captioner_processor,
         )
         self._edge_lora_sources: list[str] = []
+
+    def to_json_string(self) -> str:
+        """The `model_index.json` that `save_pretrained` writes, with `_class_name` `StableDiffusionPipeline`.
+
+        diffusers' generic `DiffusionPipeline.from_pretrained` imports the class `_class_name` names from the
+        `diffusers` package, where ours does not exist; naming our base class makes a saved or pushed folder load
+        anywhere as a Stable Diffusion pipeline (the list form, `["diffusers_edge", ...]`, would instead demand
+        `trust_remote_code`). `EDGEPipeline.from_pretrained` ignores `_class_name` and restores the extras.
+
+        Example:
+            >>> pipe.save_pretrained("edge-pipeline")
+            >>> type(DiffusionPipeline.from_pretrained("edge-pipeline")).__name__
+            'StableDiffusionPipeline'
+        """
+        config = json.loads(super().to_json_string())
+        config["_class_name"] = StableDiffusionPipeline.__name__
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name=None, **kwargs) -> None:
         """`StableDiffusionPipeline.load_lora_weights`, also remembering the source for the distilled set's card.
