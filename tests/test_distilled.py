@@ -2,14 +2,12 @@
 
 import json
 import os
-import shutil
 
 import datasets
 import huggingface_hub
 import numpy as np
 import PIL.Image
 import pytest
-from huggingface_hub import CommitOperationDelete, HfApi
 
 from diffusers_edge.data.distilled import (
     DISTILLED_FEATURES,
@@ -27,6 +25,7 @@ from diffusers_edge.data.distilled import (
     write_card,
     write_shard,
 )
+from diffusers_edge.testing import LocalFolderHub
 
 
 def image(value):
@@ -241,36 +240,8 @@ def test_push_uploads_card_and_shards_only(finished, tmp_path):
         push_distilled(tmp_path, "me/empty", api=RecordingApi())
 
 
-class LocalFolderHub(HfApi):
-    """huggingface_hub's own `upload_folder` (pattern matching, deletes dropped for re-uploaded paths), with the
-    network calls replaced by a local folder that plays the Hub repository: no Hub is reachable in the tests, so
-    the folder holds exactly the files a push leaves in the repository."""
-
-    def __init__(self, repo_folder):
-        super().__init__(token="hf_local")
-        self.repo_folder = repo_folder
-
-    def create_repo(self, repo_id, **kwargs):
-        self.repo_folder.mkdir(parents=True, exist_ok=True)
-        return f"https://huggingface.co/datasets/{repo_id}"
-
-    def list_repo_files(self, repo_id, **kwargs):
-        return [p.relative_to(self.repo_folder).as_posix() for p in self.repo_folder.rglob("*") if p.is_file()]
-
-    def _validate_yaml(self, content, **kwargs):
-        pass
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        for op in operations:
-            target = self.repo_folder / op.path_in_repo
-            if isinstance(op, CommitOperationDelete):
-                target.unlink()
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(op.path_or_fileobj, target)
-
-
 def test_a_second_push_replaces_the_set(finished, tmp_path, monkeypatch):
+    # no Hub is reachable: huggingface_hub's upload_folder writes into a local folder playing the repository
     monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)  # the single-commit path
     repo = tmp_path / "hub-repo"
     api = LocalFolderHub(repo)
