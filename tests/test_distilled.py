@@ -21,6 +21,7 @@ from diffusers_edge.data.distilled import (
     push_distilled,
     read_card_metadata,
     shard_path,
+    size_category,
     to_flat_pairs,
     write_card,
     write_shard,
@@ -67,6 +68,20 @@ def test_shards_appear_whole_and_incomplete_sets_are_named(tmp_path):
         write_card(folder, {"num_pairs": 10})
     with pytest.raises(ValueError, match=r"lack column\(s\) \['seed'\]"):
         write_shard({k: v for k, v in rows(0, 1).items() if k != "seed"}, shard_path(folder, 1, 3), folder / TMP_DIR)
+
+
+def test_card_numbers_come_from_the_set(finished):
+    from huggingface_hub import DatasetCard
+
+    write_card(finished, {"method": "EDGE", "num_pairs": 9, "num_images": 4})  # what the caller says is overruled
+    data = DatasetCard.load(finished / "README.md").data.to_dict()
+    assert (data["distillation"]["num_pairs"], data["distillation"]["num_images"]) == (10, 5)
+    assert data["license"] == "other" and data["size_categories"] == ["n<1K"]
+    assert data["dataset_info"]["splits"][0]["num_examples"] == 5
+    text = (finished / "README.md").read_text()
+    assert "5 generated images with\n2 caption(s) each, 10 image-caption pairs in all" in text
+    assert [size_category(n) for n in (0, 999, 1000, 123_456, 10**12)] == [
+        "n<1K", "n<1K", "1K<n<10K", "100K<n<1M", "n>1T"]  # fmt: skip
 
 
 def test_card_yaml_configs_and_load_dataset(finished):

@@ -294,3 +294,30 @@ def test_streamed_source_gives_the_same_set(pipe, source, tmp_path):
     streamed = pipe.distill(source.to_iterable_dataset(), 2, output_dir=tmp_path / "b", **kwargs)
     assert streamed["prompt"] == in_memory["prompt"] and streamed["source_image_id"] == in_memory["source_image_id"]
     assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+
+
+def test_odd_budget_card_counts_the_set_and_carries_license_and_size(pipe, source, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    distilled = pipe.distill(source, 9, captions_per_image=2, captioner=brightness_captioner,
+                             output_dir=tmp_path / "odd", license="cc-by-4.0", **FAST)  # fmt: skip
+    assert distilled.num_rows == 5 and sum(map(len, distilled["captions"])) == 10
+    text = (tmp_path / "odd" / "README.md").read_text()
+    assert "5 generated images with\n2 caption(s) each, 10 image-caption pairs in all" in text
+    data = DatasetCard.load(tmp_path / "odd" / "README.md").data.to_dict()  # huggingface_hub's own parser
+    assert data["distillation"]["num_pairs"] == 10 and data["distillation"]["num_pairs_requested"] == 9
+    assert data["distillation"]["num_images"] == 5
+    assert data["license"] == "cc-by-4.0" and data["size_categories"] == ["n<1K"]
+    assert data["dataset_info"]["splits"] == [{"name": "train", "num_bytes": data["dataset_info"]["dataset_size"],
+                                               "num_examples": 5}]  # fmt: skip
+
+
+def test_distill_bar_follows_set_progress_bar_config(tiny_sd_path, source, tmp_path, capfd):
+    pipe = EDGEPipeline.from_pretrained(tiny_sd_path)
+    capfd.readouterr()
+    pipe.distill(source, 2, captions_per_image=1, output_dir=tmp_path / "shown", num_inference_steps=2)
+    assert "distill: 100%" in capfd.readouterr().err
+    pipe.set_progress_bar_config(disable=True)
+    pipe.distill(source, 2, captions_per_image=1, output_dir=tmp_path / "hidden", num_inference_steps=2)
+    assert "distill" not in capfd.readouterr().err
+    assert pipe._progress_bar_config == {"disable": True}  # the user's setting is restored
