@@ -548,7 +548,7 @@ def test_per_process_library_verbosity():
     import diffusers
     import transformers
 
-    from diffusers_edge.training import set_library_verbosity
+    from diffusers_edge.process_logging import set_library_verbosity
 
     before = transformers.utils.logging.get_verbosity(), diffusers.utils.logging.get_verbosity()
     try:

@@ -48,6 +48,7 @@ from safetensors.torch import load_file, save_file
 
 from .data.format import check_captions
 from .losses import DEFAULT_TEMPERATURE, bidirectional_contrastive_loss, caption_group_ids, diversity_loss
+from .process_logging import set_library_verbosity
 
 logger = get_logger(__name__)
 
@@ -1282,29 +1283,6 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
     accelerator.wait_for_everyone()  # the other processes wait while the main one saves and validates
     accelerator.end_training()
     return TrainingResult(output_dir, weights, global_step, logs)
-
-
-def set_library_verbosity(is_local_main_process: bool) -> None:
-    """diffusers' per-process logging: the local main process shows warnings (diffusers: info) and loading bars,
-    every other process only errors and no bars, so N processes do not print N copies of each loading bar.
-
-    Example:
-        >>> set_library_verbosity(accelerator.is_local_main_process)  # doctest: +SKIP
-    """
-    import diffusers
-    import transformers
-
-    libraries = (datasets.utils.logging, transformers.utils.logging, diffusers.utils.logging)
-    if is_local_main_process:
-        datasets.utils.logging.set_verbosity_warning()
-        transformers.utils.logging.set_verbosity_warning()
-        diffusers.utils.logging.set_verbosity_info()
-        for library in libraries:
-            library.enable_progress_bar()
-    else:
-        for library in libraries:
-            library.set_verbosity_error()
-            library.disable_progress_bar()
 
 
 @torch.no_grad()

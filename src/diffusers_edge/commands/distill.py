@@ -123,9 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         0
     """
     from ..pipeline_edge import _process_state
+    from ..process_logging import set_library_verbosity
 
     args = parse_args(argv)
     state = _process_state()
+    set_library_verbosity(state.is_local_main_process)
     source = load_training_source(args)
     pipe = build_pipeline(args, state.device)
     distilled = pipe.distill(
