@@ -191,10 +191,9 @@ def test_exports_open_in_the_peers_readers(finished, tmp_path, peer_set):
     open_every_pair(lors_pairs(lors, lors, peer_set), distilled)
 
     edge = tmp_path / "edge"
-    export_blip_json(distilled, edge, layout="edge", benchmark=peer_set)
+    edge_json = export_blip_json(distilled, edge, layout="edge", benchmark=peer_set)
     open_every_pair(edge_pairs(edge, peer_set), distilled)
-    back = load_distilled(edge / path.name if peer_set == "flickr30k" else edge / "coco_train.json",
-                          image_root=edge / "images", cache_dir=tmp_path / "cache-edge")
+    back = load_distilled(edge_json, image_root=edge / "images", cache_dir=tmp_path / "cache-edge")
     assert back["captions"] == distilled["captions"]
 
     # the generic layout is what each peer failed on: LoRS finds no file, EDGE doubles images/images/
