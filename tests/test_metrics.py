@@ -37,8 +37,8 @@ def expected_dict(i2t: np.ndarray, t2i: np.ndarray, ks=KS) -> dict[str, float]:
     out["i2t_mean"] = np.mean([out[f"i2t_R@{k}"] for k in ks])
     out["t2i_mean"] = np.mean([out[f"t2i_R@{k}"] for k in ks])
     out["r_mean"] = np.mean([out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks])
-    out["i2t_median_rank"] = np.median(i2t + 1)
-    out["t2i_median_rank"] = np.median(t2i + 1)
+    out["i2t_median_rank"] = np.floor(np.median(i2t)) + 1  # VSE++ / open_clip: floor(median 0-based) + 1
+    out["t2i_median_rank"] = np.floor(np.median(t2i)) + 1
     out["i2t_mean_rank"] = np.mean(i2t + 1)
     out["t2i_mean_rank"] = np.mean(t2i + 1)
     return out
@@ -288,3 +288,23 @@ def test_half_and_integer_scores_match_float64():
     expected = retrieval_recall(sim.astype(np.float64), t2i, KS)
     assert retrieval_recall(sim, t2i, KS) == expected
     assert retrieval_recall(torch.from_numpy(sim).half() * 100, t2i, KS) == expected  # sums exceed 65504
+
+
+def test_median_rank_is_floor_of_the_median_plus_one():
+    # 4 images, one text each; text j's true image j scores 5, the j images before it 6, the rest 0: 0-based
+    # ranks 0, 1, 2, 3. numpy's median of the 1-based ranks is 2.5; VSE++ and open_clip report floor(1.5) + 1 = 2.
+    similarity = np.array([[5.0 if i == j else 6.0 if i < j else 0.0 for j in range(4)] for i in range(4)])
+    _, t2i = blip_style_ranks(similarity, np.arange(4))
+    assert t2i.tolist() == [0, 1, 2, 3] and np.median(t2i + 1) == 2.5
+    assert retrieval_recall(similarity, [0, 1, 2, 3], ks=(1,))["t2i_median_rank"] == 2.0
+
+
+def test_metric_card_front_matter_names_only_files_that_exist():
+    from huggingface_hub import RepoCard
+
+    from diffusers_edge.metrics import image_text_recall_path
+
+    folder = Path(image_text_recall_path())
+    data = RepoCard.load(folder / "README.md").data.to_dict()  # huggingface_hub's own parser
+    assert data["title"] == "Image-Text Recall" and "metric" in data["tags"]
+    assert "app_file" not in data or (folder / data["app_file"]).is_file()

@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from transformers import CLIPModel, CLIPProcessor
 
 from diffusers_edge.captioning import Captioner
@@ -73,8 +73,10 @@ def test_save_load_round_trip_keeps_optional_components(tiny_sd_path, tiny_clip_
     )
     pipe.save_pretrained(tmp_path / "saved")
     index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
-    assert index["_class_name"] == "EDGEPipeline"  # the string form: the list form would force trust_remote_code
+    # the generic loader's class, in the string form (the list form would force trust_remote_code)
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["clip_model"] == ["transformers", "CLIPModel"]
     loaded = EDGEPipeline.from_pretrained(tmp_path / "saved")
+    assert isinstance(loaded, EDGEPipeline)
     for name in ("clip_model", "captioner"):
         before, after = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
         assert type(getattr(loaded, name)) is type(getattr(pipe, name))
@@ -85,6 +87,25 @@ def test_save_load_round_trip_keeps_optional_components(tiny_sd_path, tiny_clip_
     assert type(loaded.captioner_processor) is type(pipe.captioner_processor)
     text = "a red circle"
     assert loaded.clip_processor(text=[text])["input_ids"] == pipe.clip_processor(text=[text])["input_ids"]
+
+
+def test_generic_diffusion_pipeline_loader_opens_a_saved_edge_pipeline(pipe, tiny_clip_path, tmp_path):
+    """What a user of a pushed EDGE pipeline runs: DiffusionPipeline.from_pretrained gives a working text-to-image
+    pipeline (the same images as the EDGE pipeline that saved it); EDGEPipeline.from_pretrained keeps the extras."""
+    saver = EDGEPipeline(**{**pipe.components, "clip_model": CLIPModel.from_pretrained(tiny_clip_path),
+                            "clip_processor": CLIPProcessor.from_pretrained(tiny_clip_path)})
+    saver.save_pretrained(tmp_path / "saved")
+    generic = DiffusionPipeline.from_pretrained(tmp_path / "saved")
+    assert type(generic) is StableDiffusionPipeline and "clip_model" not in generic.components
+    generic.set_progress_bar_config(disable=True)
+
+    def run(p):
+        generator = torch.Generator().manual_seed(5)
+        return p("a red circle", generator=generator, num_inference_steps=2, output_type="np").images
+
+    np.testing.assert_array_equal(run(generic), run(pipe))
+    edge = EDGEPipeline.from_pretrained(tmp_path / "saved")
+    assert type(edge.clip_model) is CLIPModel and type(edge.clip_processor) is CLIPProcessor
 
 
 def test_lora_changes_images_and_is_recorded(tiny_sd_path, source, tmp_path):
@@ -273,3 +294,30 @@ def test_streamed_source_gives_the_same_set(pipe, source, tmp_path):
     streamed = pipe.distill(source.to_iterable_dataset(), 2, output_dir=tmp_path / "b", **kwargs)
     assert streamed["prompt"] == in_memory["prompt"] and streamed["source_image_id"] == in_memory["source_image_id"]
     assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+
+
+def test_odd_budget_card_counts_the_set_and_carries_license_and_size(pipe, source, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    distilled = pipe.distill(source, 9, captions_per_image=2, captioner=brightness_captioner,
+                             output_dir=tmp_path / "odd", license="cc-by-4.0", **FAST)  # fmt: skip
+    assert distilled.num_rows == 5 and sum(map(len, distilled["captions"])) == 10
+    text = (tmp_path / "odd" / "README.md").read_text()
+    assert "5 generated images with\n2 caption(s) each, 10 image-caption pairs in all" in text
+    data = DatasetCard.load(tmp_path / "odd" / "README.md").data.to_dict()  # huggingface_hub's own parser
+    assert data["distillation"]["num_pairs"] == 10 and data["distillation"]["num_pairs_requested"] == 9
+    assert data["distillation"]["num_images"] == 5
+    assert data["license"] == "cc-by-4.0" and data["size_categories"] == ["n<1K"]
+    assert data["dataset_info"]["splits"] == [{"name": "train", "num_bytes": data["dataset_info"]["dataset_size"],
+                                               "num_examples": 5}]  # fmt: skip
+
+
+def test_distill_bar_follows_set_progress_bar_config(tiny_sd_path, source, tmp_path, capfd):
+    pipe = EDGEPipeline.from_pretrained(tiny_sd_path)
+    capfd.readouterr()
+    pipe.distill(source, 2, captions_per_image=1, output_dir=tmp_path / "shown", num_inference_steps=2)
+    assert "distill: 100%" in capfd.readouterr().err
+    pipe.set_progress_bar_config(disable=True)
+    pipe.distill(source, 2, captions_per_image=1, output_dir=tmp_path / "hidden", num_inference_steps=2)
+    assert "distill" not in capfd.readouterr().err
+    assert pipe._progress_bar_config == {"disable": True}  # the user's setting is restored

@@ -269,7 +269,7 @@ def test_lower_loss_resolution_decodes_smaller_images(components):
 def test_items_are_seeded_per_epoch_and_row():
     args = argparse.Namespace(
         seed=0, image_column="image", caption_column="captions", caption_dropout=0.5, resolution=16,
-        center_crop=False, random_flip=True,
+        center_crop=False, random_flip=True, image_interpolation_mode="lanczos",
     )  # fmt: skip
     items = EDGETrainItems(_dataset([["a red circle", "a big red circle", "a tiny red circle"]] * 4), args)
     first, again = items[(2, 0)], items[(2, 0)]
@@ -417,3 +417,210 @@ def test_resumed_run_ends_with_the_same_lora_as_an_uninterrupted_one(tiny_sd, ti
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     assert any(not torch.allclose(a[k], start[k]) for k in a)  # steps 3-4 did change the weights
+
+
+# ------------------------------------------------------------------------------------------------ diffusers' flags
+
+
+def test_diffusers_training_flags_parse_with_diffusers_defaults(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    args = parse_args(["--pretrained_model_name_or_path", "sd", "--dataset_name", "x"])
+    assert (args.snr_gamma, args.noise_offset, args.prediction_type) == (None, 0, None)
+    assert (args.use_8bit_adam, args.enable_xformers_memory_efficient_attention) == (False, False)
+    assert (args.image_interpolation_mode, args.hub_token, args.local_rank) == ("lanczos", None, -1)
+    assert args.report_to == "tensorboard"
+    copied = [  # flags as diffusers' train_text_to_image_lora.py commands write them
+        "--pretrained_model_name_or_path", "sd", "--dataset_name", "x", "--snr_gamma", "5.0", "--noise_offset",
+        "0.05", "--prediction_type", "v_prediction", "--image_interpolation_mode", "bicubic", "--hub_token", "hf_x",
+        "--local_rank", "0", "--report_to", "tensorboard",
+    ]  # fmt: skip
+    args = parse_args(copied)
+    assert (args.snr_gamma, args.noise_offset, args.prediction_type) == (5.0, 0.05, "v_prediction")
+    assert (args.image_interpolation_mode, args.hub_token, args.local_rank) == ("bicubic", "hf_x", 0)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert parse_args(copied).local_rank == 3  # the launcher's LOCAL_RANK wins, as in diffusers
+
+
+@pytest.mark.parametrize(
+    ("flags", "package"),
+    [
+        (["--use_8bit_adam"], "bitsandbytes"),
+        (["--enable_xformers_memory_efficient_attention"], "xformers"),
+        (["--report_to", "wandb"], "wandb"),
+    ],
+)
+def test_a_flag_whose_package_is_missing_fails_at_parse_time(monkeypatch, flags, package):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
+    with pytest.raises(ValueError, match=rf"{flags[0]}.* needs the '{package}' package.*pip install {package}"):
+        parse_args(["--pretrained_model_name_or_path", "sd", "--dataset_name", "x", *flags])
+
+
+def test_report_to_and_hub_token_checks(monkeypatch):
+    base = ["--pretrained_model_name_or_path", "sd", "--dataset_name", "x"]
+    with pytest.raises(ValueError, match="--report_to 'tensorbord' is not a tracker"):
+        parse_args([*base, "--report_to", "tensorbord"])
+    with pytest.raises(ValueError, match="--use_8bit_adam replaces AdamW"):
+        parse_args([*base, "--use_8bit_adam", "--optimizer", "sgd"])
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "wandb" else real(name, *a))
+    with pytest.raises(ValueError, match="--hub_token with --report_to wandb"):
+        parse_args([*base, "--report_to", "wandb", "--hub_token", "hf_x"])
+
+
+def test_min_snr_weighting_matches_hand_computed_weights(components):
+    pipe, clip, processor = components
+    for prediction_type in ("epsilon", "v_prediction"):
+        scheduler = DDPMScheduler(prediction_type=prediction_type)
+        config = EDGELossConfig(snr_gamma=5.0, contrastive_weight=0, diversity_weight=0)
+        objective = EDGEObjective(pipe.unet, pipe.vae, pipe.text_encoder, clip, processor.image_processor,
+                                  scheduler, config)  # fmt: skip
+        gen = torch.Generator().manual_seed(0)
+        pred, target = torch.randn(3, 4, 2, 2, generator=gen), torch.randn(3, 4, 2, 2, generator=gen)
+        timesteps = torch.tensor([10, 500, 990])
+        alpha = scheduler.alphas_cumprod[timesteps].double()
+        snr = alpha / (1 - alpha)
+        weight = torch.minimum(snr, torch.full_like(snr, 5.0)) / (snr if prediction_type == "epsilon" else snr + 1)
+        per_sample = ((pred - target) ** 2).mean(dim=(1, 2, 3)).double()
+        expected = (per_sample * weight).mean()
+        got = objective._denoise_loss(pred, target, timesteps)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+        assert got.item() != pytest.approx(per_sample.mean().item(), rel=1e-3)  # the weights do something
+        objective.config = EDGELossConfig()
+        assert objective._denoise_loss(pred, target, timesteps).item() == pytest.approx(per_sample.mean().item())
+
+
+def test_noise_offset_changes_the_training_noise_and_zero_keeps_it(components):
+    pipe, clip, processor = components
+    batch = _batch(pipe, processor, ["a red circle", "a blue square"])
+
+    def denoise(offset):
+        config = EDGELossConfig(noise_offset=offset, contrastive_weight=0, diversity_weight=0)
+        objective = EDGEObjective(pipe.unet, pipe.vae, pipe.text_encoder, clip, processor.image_processor,
+                                  pipe.scheduler, config)  # fmt: skip
+        with torch.no_grad():
+            return objective(batch, generator=torch.Generator().manual_seed(1)).denoise.item()
+
+    assert denoise(0.0) == denoise(0.0)
+    assert denoise(0.5) != pytest.approx(denoise(0.0), rel=1e-4)
+
+
+def test_logged_loss_is_the_mean_over_gradient_accumulation():
+    from diffusers_edge.training import AccumulatedLoss, EDGELossOutput
+
+    class OneProcess:
+        def reduce(self, tensor, reduction):
+            return tensor
+
+    def output(loss, clip_pairs):
+        value = torch.tensor(loss)
+        return EDGELossOutput(value, value / 2, value / 4, torch.tensor(0.0), clip_pairs)
+
+    meter = AccumulatedLoss()
+    meter.add(output(1.0, 2))
+    meter.add(output(3.0, 4))
+    logs = meter.logs(OneProcess(), lr=0.1)
+    assert logs == {"loss": 2.0, "loss_denoise": 1.0, "loss_contrastive": 0.5, "loss_diversity": 0.0,
+                    "clip_pairs": 3.0, "lr": 0.1}  # fmt: skip
+    meter.add(output(5.0, 1))  # the next step starts afresh
+    assert meter.logs(OneProcess(), lr=0.1)["loss"] == 5.0
+
+
+def test_image_interpolation_mode_is_used_to_resize(tiny_sd, tiny_clip, tmp_path):
+    image = _images(1, size=48, seed=4)[0]
+    dataset = datasets.Dataset.from_dict({"image": [image], "captions": [["x"]]})
+    pixels = {}
+    for mode in ("lanczos", "nearest"):
+        args = _args(tiny_sd, tiny_clip, tmp_path, "--center_crop", "--image_interpolation_mode", mode)
+        args.caption_column = "captions"
+        pixels[mode] = EDGETrainItems(dataset, args)[(0, 0)]["pixel_values"]
+    for mode, pil_mode in (("lanczos", PIL.Image.LANCZOS), ("nearest", PIL.Image.NEAREST)):
+        expected = torch.from_numpy(np.array(image.resize((16, 16), pil_mode))).permute(2, 0, 1) / 255 * 2 - 1
+        torch.testing.assert_close(pixels[mode], expected, atol=1e-6, rtol=0)
+    assert not torch.allclose(pixels["lanczos"], pixels["nearest"])
+
+
+def test_per_process_library_verbosity():
+    import diffusers
+    import transformers
+
+    from diffusers_edge.process_logging import set_library_verbosity
+
+    before = transformers.utils.logging.get_verbosity(), diffusers.utils.logging.get_verbosity()
+    try:
+        set_library_verbosity(is_local_main_process=False)
+        for library in (transformers.utils.logging, diffusers.utils.logging, datasets.utils.logging):
+            assert library.get_verbosity() == library.ERROR and not library.is_progress_bar_enabled()
+        set_library_verbosity(is_local_main_process=True)
+        assert transformers.utils.logging.get_verbosity() == transformers.utils.logging.WARNING
+        assert diffusers.utils.logging.get_verbosity() == diffusers.utils.logging.INFO
+        assert transformers.utils.logging.is_progress_bar_enabled()
+    finally:
+        transformers.utils.logging.set_verbosity(before[0])
+        diffusers.utils.logging.set_verbosity(before[1])
+
+
+# ------------------------------------------------------------------------------------------------ card and push
+
+
+def test_lora_card_carries_diffusers_training_metadata(tiny_sd, tiny_clip, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from diffusers_edge.training import hub_base_model, save_model_card
+
+    out = tmp_path / "card"
+    out.mkdir()
+    (out / "image_5.png").write_bytes(b"stale")  # a longer earlier run's image
+    args = _args(tiny_sd, tiny_clip, out, "--validation_prompt", "a red circle")
+    args.caption_column = "captions"
+    save_model_card(args, out, 7, _images(2, 8))
+    data = ModelCard.load(out / "README.md").data.to_dict()  # huggingface_hub's own parser
+    assert data["base_model"] == str(tiny_sd) and data["library_name"] == "diffusers" and data["inference"] is True
+    assert data["license"] == "creativeml-openrail-m" and data["instance_prompt"] == "a red circle"
+    assert data["widget"] == [{"text": "a red circle", "output": {"url": f"image_{i}.png"}} for i in range(2)]
+    assert {"diffusers-training", "text-to-image", "lora", "dataset-distillation"} <= set(data["tags"])
+    assert sorted(p.name for p in out.glob("image_*.png")) == ["image_0.png", "image_1.png"]
+
+    snapshot = tmp_path / "hub" / "models--org--sd-name" / "snapshots" / "abc123"
+    assert hub_base_model(str(snapshot)) == "org/sd-name"
+    saved = tmp_path / "saved-from-hub"
+    saved.mkdir()
+    (saved / "model_index.json").write_text('{"_name_or_path": "stable-diffusion-v1-5/stable-diffusion-v1-5"}')
+    assert hub_base_model(str(saved)) == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert hub_base_model("org/sd") == "org/sd"
+
+
+def test_push_uploads_weights_card_and_its_images_only(tiny_sd, tiny_clip, tmp_path, monkeypatch):
+    """--push_to_hub's upload, through huggingface_hub's upload_folder into a local folder that plays the Hub
+    repository (no Hub is reachable in the tests)."""
+    import huggingface_hub
+
+    from diffusers_edge.testing import LocalFolderHub
+    from diffusers_edge.training import push_training_output
+
+    monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)
+    out = tmp_path / "edge-lora"
+    for name in ("pytorch_lora_weights.safetensors", "README.md", "image_0.png", "validation/step-4_0.png",
+                 "checkpoint-4/optimizer.bin", "logs/events", "image_3.png"):  # fmt: skip
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(name if name != "README.md" else "---\nlicense: mit\n---\n")
+    repo = tmp_path / "repo"
+    (repo).mkdir()
+    (repo / "image_2.png").write_text("left by an earlier push")
+    args = _args(tiny_sd, tiny_clip, out, "--hub_model_id", "me/edge-lora")
+    assert push_training_output(args, out, num_images=1, api=LocalFolderHub(repo)) == "me/edge-lora"
+    files = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file())
+    assert files == ["README.md", "image_0.png", "pytorch_lora_weights.safetensors"]
+
+
+def test_train_runs_with_copied_diffusers_flags(tiny_sd, tiny_clip, tmp_path):
+    flags = ["--max_train_steps", "2", "--gradient_accumulation_steps", "2", "--snr_gamma", "5.0"]
+    flags += ["--noise_offset", "0.1", "--prediction_type", "v_prediction", "--image_interpolation_mode", "bicubic"]
+    result = train(_args(tiny_sd, tiny_clip, tmp_path / "copied", *flags), _dataset())
+    assert result.global_step == 2 and result.weights_path.is_file() and result.last_logs["loss"] > 0
+    card = (tmp_path / "copied" / "README.md").read_text()
+    assert "| prediction type | v_prediction |" in card and "| Min-SNR gamma / noise offset | 5.0 / 0.1 |" in card

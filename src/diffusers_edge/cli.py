@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shapes": ("diffusers_edge.commands.shapes", "build the embedded captioned-shapes dataset, print statistics"),
     "demo": ("diffusers_edge.commands.demo", "run EDGE end to end on the embedded shapes data, offline, on a CPU"),
     "distill": ("diffusers_edge.commands.distill", "generate a distilled image-text set (EDGEPipeline.distill)"),
+    "export": ("diffusers_edge.commands.export", "write a distilled set as the JSON + images LoRS / EDGE code reads"),
     "train": ("diffusers_edge.commands.train", "fine-tune Stable Diffusion with the EDGE objective (LoRA or DiffFit)"),
 }
 

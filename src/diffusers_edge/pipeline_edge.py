@@ -15,8 +15,10 @@ and `distill(...)`, which writes the distilled set (EDGE, arXiv 2509.15472): sel
 per prompt with a seed derived from (seed, item index), add synthesized captions, and write Parquet shards in the
 Hub layout of `diffusers_edge.data.distilled`, resumably and across `accelerate` processes.
 
-A folder saved by `EDGEPipeline` names `EDGEPipeline` in its `model_index.json`; load it with
-`EDGEPipeline.from_pretrained` (diffusers' generic `DiffusionPipeline.from_pretrained` cannot import our class).
+A folder saved (or pushed) by `EDGEPipeline.save_pretrained` names `StableDiffusionPipeline` in its
+`model_index.json`, so diffusers' generic `DiffusionPipeline.from_pretrained` opens it anywhere as a working
+text-to-image pipeline (it skips the extra components, with a warning that names them), while
+`EDGEPipeline.from_pretrained` (a subclass's loader ignores `_class_name`) loads it with them.
 
 Example:
     >>> from diffusers_edge.captioning import Captioner
@@ -50,7 +52,6 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, ProcessorMixin
 
 from . import __version__
@@ -265,6 +266,23 @@ class EDGEPipeline(StableDiffusionPipeline):
         )
         self._edge_lora_sources: list[str] = []
 
+    def to_json_string(self) -> str:
+        """The `model_index.json` that `save_pretrained` writes, with `_class_name` `StableDiffusionPipeline`.
+
+        diffusers' generic `DiffusionPipeline.from_pretrained` imports the class `_class_name` names from the
+        `diffusers` package, where ours does not exist; naming our base class makes a saved or pushed folder load
+        anywhere as a Stable Diffusion pipeline (the list form, `["diffusers_edge", ...]`, would instead demand
+        `trust_remote_code`). `EDGEPipeline.from_pretrained` ignores `_class_name` and restores the extras.
+
+        Example:
+            >>> pipe.save_pretrained("edge-pipeline")
+            >>> type(DiffusionPipeline.from_pretrained("edge-pipeline")).__name__
+            'StableDiffusionPipeline'
+        """
+        config = json.loads(super().to_json_string())
+        config["_class_name"] = StableDiffusionPipeline.__name__
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name=None, **kwargs) -> None:
         """`StableDiffusionPipeline.load_lora_weights`, also remembering the source for the distilled set's card.
 
@@ -296,6 +314,7 @@ class EDGEPipeline(StableDiffusionPipeline):
         shard_size: int = DEFAULT_SHARD_SIZE,
         callback: Callable[[DistillProgress], None] | None = None,
         progress: bool = True,
+        license: str = "other",
     ) -> datasets.Dataset:
         """Generates a distilled set of `num_pairs` image-caption pairs and writes it to `output_dir`.
 
@@ -321,7 +340,9 @@ class EDGEPipeline(StableDiffusionPipeline):
                 kept); `False` deletes what a previous run wrote there and starts over.
             shard_size: images per Parquet shard, the unit of resumption and of work split across processes.
             callback: called with a `DistillProgress` after every batch.
-            progress: show a tqdm bar (main process only).
+            progress: show a progress bar (main process only; `set_progress_bar_config(disable=True)` hides it too).
+            license: the dataset card's `license` (a Hub license id); `other` by default, since the images follow the
+                generator's license and the captions the source data's terms.
 
         Returns:
             The distilled set as a `datasets.Dataset` (read back from `output_dir`), one row per image with
@@ -370,7 +391,7 @@ class EDGEPipeline(StableDiffusionPipeline):
             self._make_shards(output_dir, list(mine), plan, manifest, caption_fn, state, callback, progress)
         state.wait_for_everyone()
         if state.is_main_process:
-            self._finish(output_dir, manifest)
+            self._finish(output_dir, manifest, license)
             # a fresh Arrow cache: a set regenerated in the same folder must not be served from an older cache
             distilled = datasets.load_dataset(str(output_dir), split=layout.SPLIT, download_mode="force_redownload")
         state.wait_for_everyone()
@@ -494,10 +515,12 @@ class EDGEPipeline(StableDiffusionPipeline):
         num_shards = math.ceil(num_images / shard_size)
         items = {s: list(range(s * shard_size, min((s + 1) * shard_size, num_images))) for s in shards}
         report = DistillProgress(items_total=sum(len(v) for v in items.values()))
-        show = progress and state.is_main_process
-        bar = tqdm(total=report.items_total, desc="distill", unit="img", disable=not show)
+        # the bar is diffusers' `self.progress_bar`, so `set_progress_bar_config` (e.g. disable=True) governs it
         saved_bar_config = dict(getattr(self, "_progress_bar_config", {}))
-        self.set_progress_bar_config(disable=True)
+        hidden = {} if progress and state.is_main_process else {"disable": True}
+        self.set_progress_bar_config(**{"desc": "distill", "unit": "img", **saved_bar_config, **hidden})
+        bar = self.progress_bar(total=report.items_total)
+        self.set_progress_bar_config(disable=True)  # no inner bar per batch's denoising loop
         start = time.perf_counter()
         try:
             for shard in shards:
@@ -523,7 +546,7 @@ class EDGEPipeline(StableDiffusionPipeline):
         report: DistillProgress,
         start: float,
         callback: Callable[[DistillProgress], None] | None,
-        bar: tqdm,
+        bar: Any,
     ) -> dict[str, list]:
         rows: dict[str, list] = {name: [] for name in layout.DISTILLED_FEATURES}
         batch_size = manifest["batch_size"]
@@ -569,7 +592,7 @@ class EDGEPipeline(StableDiffusionPipeline):
             output_type="pil",
         ).images
 
-    def _finish(self, output_dir: Path, manifest: dict[str, Any]) -> None:
+    def _finish(self, output_dir: Path, manifest: dict[str, Any], license: str) -> None:
         num_shards = math.ceil(manifest["num_images"] / manifest["shard_size"])
         missing = set(range(num_shards)) - layout.finished_shards(output_dir, num_shards)
         if missing:
@@ -583,9 +606,8 @@ class EDGEPipeline(StableDiffusionPipeline):
             "selection": manifest["selection"],
             "clip_model": manifest["clip_model"],
             "captioner": manifest["captioner"],
-            "num_pairs": manifest["num_pairs"],
+            "num_pairs_requested": manifest["num_pairs"],  # the budget; the card counts the set's own pairs
             "captions_per_image": manifest["captions_per_image"],
-            "num_images": manifest["num_images"],
             "seed": manifest["seed"],
             "item_seeds": "numpy SeedSequence([seed, item_index]).generate_state(1, uint32)",
             "num_inference_steps": manifest["num_inference_steps"],
@@ -599,7 +621,7 @@ class EDGEPipeline(StableDiffusionPipeline):
             "diffusers_edge_version": __version__,
             "diffusers_version": diffusers.__version__,
         }
-        layout.write_card(output_dir, metadata)
+        layout.write_card(output_dir, metadata, license=license)
         shutil.rmtree(output_dir / layout.TMP_DIR, ignore_errors=True)
 
     def _component_name(self, name: str) -> str | None:

@@ -20,10 +20,13 @@ Example:
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from huggingface_hub import CommitOperationDelete, HfApi, RepoCard
+from huggingface_hub.hf_api import RepoUrl
 from transformers import (
     BertConfig,
     BertModel,
@@ -396,3 +399,42 @@ def save_tiny_vlm(
     model.save_pretrained(save_directory)
     processor.save_pretrained(save_directory)
     return Path(save_directory)
+
+
+class LocalFolderHub(HfApi):
+    """An `HfApi` whose repository is a local folder: huggingface_hub's own `upload_folder` (its allow, ignore and
+    delete patterns, and the rule that a re-uploaded path is not deleted), with the network calls replaced.
+
+    No Hub is reachable in the tests, so the folder holds exactly the files a push would leave in the repository;
+    `datasets.load_dataset(folder)` or `DiffusionPipeline.from_pretrained(folder)` then reads it as a user would.
+    Uploads take huggingface_hub's single-commit path (the xet upload pipeline talks to the Hub directly), so patch
+    `huggingface_hub.hf_api.is_xet_available` to return False while using it.
+
+    Example:
+        >>> hub = LocalFolderHub(tempfile.mkdtemp())
+        >>> hub.upload_folder(repo_id="me/set", folder_path="flickr-edge-500", repo_type="dataset")  # doctest: +SKIP
+    """
+
+    def __init__(self, repo_folder: str | Path) -> None:
+        super().__init__(token="hf_local_folder")
+        self.repo_folder = Path(repo_folder)
+
+    def create_repo(self, repo_id: str, repo_type: str | None = None, **kwargs) -> RepoUrl:
+        self.repo_folder.mkdir(parents=True, exist_ok=True)
+        return RepoUrl(f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}")
+
+    def list_repo_files(self, repo_id: str, **kwargs) -> list[str]:
+        return [p.relative_to(self.repo_folder).as_posix() for p in self.repo_folder.rglob("*") if p.is_file()]
+
+    def _validate_yaml(self, content: str, **kwargs) -> None:
+        """The Hub validates a card's YAML on upload; here huggingface_hub's own parser must read it."""
+        RepoCard(content)
+
+    def create_commit(self, repo_id: str, operations: list, **kwargs) -> None:
+        for operation in operations:
+            target = self.repo_folder / operation.path_in_repo
+            if isinstance(operation, CommitOperationDelete):
+                target.unlink()
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(operation.path_or_fileobj, target)

@@ -24,9 +24,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import logging
 import math
+import os
 import random
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ from safetensors.torch import load_file, save_file
 
 from .data.format import check_captions
 from .losses import DEFAULT_TEMPERATURE, bidirectional_contrastive_loss, caption_group_ids, diversity_loss
+from .process_logging import set_library_verbosity
 
 logger = get_logger(__name__)
 
@@ -56,6 +61,20 @@ LORA_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
 CLIP_LOSS_INPUTS = ("one_step", "rollout")
 # Searched in this order when --caption_column is not given.
 CAPTION_COLUMN_CANDIDATES = ("captions", "text", "caption")
+# accelerate's trackers (--report_to) and the package each needs.
+TRACKER_PACKAGES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "comet_ml": "comet_ml",
+    "mlflow": "mlflow",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+    "trackio": "trackio",
+}
+# torchvision's interpolation modes, named as diffusers' --image_interpolation_mode names them.
+INTERPOLATION_MODES = [mode.name.lower() for mode in TF.InterpolationMode]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -84,6 +103,11 @@ class EDGELossConfig:
             docs/demo.md measures the difference). `loss_max_timestep` only applies to `"one_step"`.
         rollout_steps: DDIM steps of a rollout.
         rollout_guidance_scale: classifier-free guidance of a rollout (1 disables it).
+        snr_gamma: Min-SNR weighting of the denoising MSE (Hang et al. 2023, arXiv 2303.09556; diffusers'
+            `--snr_gamma`, 5.0 recommended there): each sample's MSE is weighted by min(SNR(t), gamma) / SNR(t)
+            (epsilon) or / (SNR(t) + 1) (v_prediction). `None`: the plain mean.
+        noise_offset: diffusers' `--noise_offset`: adds `noise_offset * N(0, 1)` per sample and channel (constant
+            over the image) to the training noise (Guttenberg 2023, "Diffusion with Offset Noise"). 0: off.
     """
 
     denoise_weight: float = 1.0
@@ -96,6 +120,8 @@ class EDGELossConfig:
     clip_inputs: str = "one_step"
     rollout_steps: int = 4
     rollout_guidance_scale: float = 3.0
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
 
     @property
     def uses_clip(self) -> bool:
@@ -284,7 +310,11 @@ class EDGEObjective:
             latents = self.vae.encode(pixel_values).latent_dist.sample(generator).float()
             latents = latents * self.vae.config.scaling_factor
             encoder_hidden_states = self.text_encoder(batch["input_ids"].to(device), return_dict=False)[0]
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(device)
+        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+        if self.config.noise_offset:
+            offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator, dtype=torch.float32)
+            noise = noise + self.config.noise_offset * offset
+        noise = noise.to(device)
         num_train_timesteps = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
         noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
@@ -297,7 +327,7 @@ class EDGEObjective:
             target = latents
         else:
             target = noise
-        denoise = F.mse_loss(model_pred, target)
+        denoise = self._denoise_loss(model_pred, target, timesteps)
 
         zero = denoise.new_zeros(())
         contrastive, diversity, pairs = zero, zero, 0
@@ -321,6 +351,22 @@ class EDGEObjective:
             + self.config.diversity_weight * diversity
         )
         return EDGELossOutput(loss, denoise.detach(), contrastive.detach(), diversity.detach(), pairs)
+
+    def _denoise_loss(self, model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The denoising MSE: the plain mean, or Min-SNR weighted per sample (`snr_gamma`), as diffusers does."""
+        if self.config.snr_gamma is None:
+            return F.mse_loss(model_pred, target)
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self.noise_scheduler, timesteps)
+        weights = torch.clamp(snr, max=self.config.snr_gamma)
+        prediction_type = self.noise_scheduler.config.prediction_type
+        if prediction_type == "epsilon":
+            weights = weights / snr
+        elif prediction_type == "v_prediction":
+            weights = weights / (snr + 1)
+        per_sample = F.mse_loss(model_pred, target, reduction="none").mean(dim=list(range(1, model_pred.ndim)))
+        return (per_sample * weights).mean()
 
     def _clip_latents(
         self,
@@ -448,6 +494,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--max_train_samples", type=int, default=None, help="Keep only the first N training images.")
     g.add_argument("--cache_dir", type=str, default=None, help="Where downloaded models and datasets are stored.")
     g.add_argument("--resolution", type=int, default=512, help="Training images are resized and cropped to this.")
+    g.add_argument(
+        "--image_interpolation_mode",
+        type=str,
+        default="lanczos",
+        choices=INTERPOLATION_MODES,
+        help="torchvision interpolation used to resize the training images (diffusers' default: lanczos).",
+    )
     g.add_argument("--center_crop", action="store_true", help="Center-crop instead of a random crop.")
     g.add_argument("--random_flip", action="store_true", help="Randomly flip images horizontally.")
     g.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loading subprocesses.")
@@ -477,6 +530,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="Seeds data order, captions, crops, noise and timesteps.")
     g.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
     g.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere or newer GPUs.")
+    g.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW (needs bitsandbytes).")
+    g.add_argument(
+        "--enable_xformers_memory_efficient_attention",
+        action="store_true",
+        help="xformers attention in the UNet (needs xformers).",
+    )
+    g.add_argument("--local_rank", type=int, default=-1, help="Distributed: local_rank (LOCAL_RANK wins).")
     g = p.add_argument_group("what is tuned")
     g.add_argument(
         "--finetune",
@@ -500,6 +560,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--contrastive_weight", type=float, default=1.0, help="Weight of L_C.")
     g.add_argument("--diversity_weight", type=float, default=1.0, help="Weight of L_D (paper: lambda = 1).")
     g.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="L_C temperature.")
+    g.add_argument(
+        "--snr_gamma",
+        type=float,
+        default=None,
+        help="Min-SNR weighting of the denoising MSE (arXiv 2303.09556); 5.0 is the recommended value. Default: off.",
+    )
+    g.add_argument("--noise_offset", type=float, default=0, help="Scale of offset noise (0: off).")
+    g.add_argument(
+        "--prediction_type",
+        type=str,
+        default=None,
+        choices=["epsilon", "v_prediction"],
+        help="Train for this prediction type (default: the scheduler's prediction_type).",
+    )
     g.add_argument(
         "--loss_max_timestep",
         type=int,
@@ -531,8 +605,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument(
         "--report_to",
         type=str,
-        default="all",
-        help="Accelerate trackers: tensorboard, wandb, comet_ml, ... 'all' (every installed one) or 'none'.",
+        default="tensorboard",
+        help="Accelerate tracker(s), comma-separated: tensorboard (default, skipped when not installed), wandb, "
+        "comet_ml, mlflow, ...; 'all' (every installed one) or 'none'.",
     )
     g.add_argument("--tracker_project_name", type=str, default="diffusers-edge")
     g.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable state every N steps.")
@@ -547,6 +622,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--validation_guidance_scale", type=float, default=7.5)
     g.add_argument("--push_to_hub", action="store_true", help="Upload output_dir to the Hub at the end.")
     g.add_argument("--hub_model_id", type=str, default=None, help="Hub repo (default: the output_dir name).")
+    g.add_argument("--hub_token", type=str, default=None, help="Token for --push_to_hub (default: the logged-in one).")
     return p
 
 
@@ -558,6 +634,9 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
         8
     """
     args = build_parser(prog).parse_args(argv)
+    env_local_rank = int(os.environ.get("LOCAL_RANK", -1))
+    if env_local_rank != -1:  # what the launcher says wins, as in diffusers' scripts
+        args.local_rank = env_local_rank
     check_args(args)
     return args
 
@@ -591,6 +670,53 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--lora_alpha must be positive, got {args.lora_alpha}.")
     if args.dataset_name is not None and args.train_data_dir is not None:
         raise ValueError("give either --dataset_name or --train_data_dir, not both.")
+    if args.snr_gamma is not None and args.snr_gamma <= 0:
+        raise ValueError(f"--snr_gamma must be positive when given, got {args.snr_gamma}.")
+    if args.noise_offset < 0:
+        raise ValueError(f"--noise_offset must be >= 0, got {args.noise_offset}.")
+    if args.use_8bit_adam and args.optimizer != "adamw":
+        raise ValueError(f"--use_8bit_adam replaces AdamW; it cannot be combined with --optimizer {args.optimizer}.")
+    if args.use_8bit_adam:
+        _require_package("--use_8bit_adam", "bitsandbytes")
+    if args.enable_xformers_memory_efficient_attention:
+        _require_package("--enable_xformers_memory_efficient_attention", "xformers")
+    trackers = report_to_trackers(args.report_to)
+    if args.hub_token is not None and "wandb" in trackers:
+        raise ValueError(
+            "--hub_token with --report_to wandb would expose the token in the run's logged config; "
+            "log in with `hf auth login` instead (diffusers refuses the same combination)."
+        )
+
+
+def _require_package(flag: str, package: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        raise ValueError(f"{flag} needs the {package!r} package, which is not installed: pip install {package}")
+
+
+def report_to_trackers(report_to: str) -> list[str]:
+    """The trackers `--report_to` names, checked: known to accelerate and, except tensorboard, installed.
+
+    `tensorboard` (the default, as in diffusers) is passed to accelerate even when it is not installed: accelerate
+    then skips it without a warning. `all` and `none` are returned as they are.
+
+    Example:
+        >>> report_to_trackers("none")
+        ['none']
+    """
+    names = [name.strip() for name in report_to.split(",") if name.strip()]
+    if names in (["all"], ["none"]):
+        return names
+    for name in names:
+        if name not in TRACKER_PACKAGES:
+            raise ValueError(
+                f"--report_to {name!r} is not a tracker accelerate knows; choose from "
+                f"{sorted(TRACKER_PACKAGES)}, 'all' or 'none'."
+            )
+        if name != "tensorboard":
+            _require_package(f"--report_to {name}", TRACKER_PACKAGES[name])
+    if not names:
+        raise ValueError("--report_to is empty; use 'none' to log nowhere.")
+    return names
 
 
 def _to_serialisable(args: argparse.Namespace) -> dict[str, Any]:
@@ -705,7 +831,8 @@ class EDGETrainItems(torch.utils.data.Dataset):
 
     def _pixels(self, image: PIL.Image.Image, rng: random.Random) -> torch.Tensor:
         size = self.args.resolution
-        image = TF.resize(image, size, interpolation=TF.InterpolationMode.BILINEAR)
+        mode = TF.InterpolationMode[self.args.image_interpolation_mode.upper()]
+        image = TF.resize(image, size, interpolation=mode)
         if self.args.center_crop:
             image = TF.center_crop(image, [size, size])
         else:
@@ -997,12 +1124,13 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
+        log_with=None if args.report_to == "none" else report_to_trackers(args.report_to),
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
         ),
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    set_library_verbosity(accelerator.is_local_main_process)
     logger.info("accelerate state: %s", str(accelerator.state).replace("\n", "; "), main_process_only=False)
     set_seed(args.seed)
     if accelerator.is_main_process:
@@ -1012,6 +1140,10 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
     models = _load_models(args)
     unet, vae, text_encoder, clip_model = models["unet"], models["vae"], models["text_encoder"], models["clip_model"]
     clip_processor = models["clip_processor"]
+    if args.prediction_type is not None:
+        models["noise_scheduler"].register_to_config(prediction_type=args.prediction_type)
+    if args.enable_xformers_memory_efficient_attention:
+        unet.enable_xformers_memory_efficient_attention()
     _check_resolution(args, vae)
     check_clip_model(
         clip_model, clip_processor.tokenizer, clip_processor.image_processor, args.clip_model_name_or_path
@@ -1098,6 +1230,7 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
         range(max_train_steps), initial=global_step, desc="EDGE steps", disable=not accelerator.is_local_main_process
     )
     logs: dict[str, float] = {}
+    meter = AccumulatedLoss()
     for epoch in range(first_epoch, num_epochs):
         unet.train()
         sampler.set_epoch(epoch)
@@ -1109,6 +1242,7 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence(keys).generate_state(1)[0]))
             with accelerator.accumulate(unet):
                 output = objective(batch, generator=generator)
+                meter.add(output)
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, args.max_grad_norm)
@@ -1119,7 +1253,7 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
                 continue
             global_step += 1
             progress.update(1)
-            logs = _step_logs(accelerator, output, lr_scheduler.get_last_lr()[0])
+            logs = meter.logs(accelerator, lr_scheduler.get_last_lr()[0])
             progress.set_postfix(loss=f"{logs['loss']:.4f}", L_C=f"{logs['loss_contrastive']:.3f}")
             accelerator.log(logs, step=global_step)
             if global_step % args.checkpointing_steps == 0:
@@ -1145,7 +1279,7 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
         images = _validate(accelerator, args, models, final_unet, global_step) if args.validation_prompt else []
         save_model_card(args, output_dir, global_step, images)
         if args.push_to_hub:
-            _push(args, output_dir)
+            push_training_output(args, output_dir, len(images))
     accelerator.wait_for_everyone()  # the other processes wait while the main one saves and validates
     accelerator.end_training()
     return TrainingResult(output_dir, weights, global_step, logs)
@@ -1176,13 +1310,20 @@ def loss_config(args: argparse.Namespace) -> EDGELossConfig:
         clip_inputs=args.clip_loss_inputs,
         rollout_steps=args.rollout_steps,
         rollout_guidance_scale=args.rollout_guidance_scale,
+        snr_gamma=args.snr_gamma,
+        noise_offset=args.noise_offset,
     )
 
 
 def _optimizer(args: argparse.Namespace, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if args.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr)
-    return torch.optim.AdamW(
+    optimizer_class = torch.optim.AdamW
+    if args.use_8bit_adam:
+        import bitsandbytes
+
+        optimizer_class = bitsandbytes.optim.AdamW8bit
+    return optimizer_class(
         params,
         lr=lr,
         betas=(args.adam_beta1, args.adam_beta2),
@@ -1191,12 +1332,33 @@ def _optimizer(args: argparse.Namespace, params: list[torch.nn.Parameter], lr: f
     )
 
 
-def _step_logs(accelerator: Any, output: EDGELossOutput, lr: float) -> dict[str, float]:
-    parts = torch.stack([output.loss.detach(), output.denoise, output.contrastive, output.diversity])
-    parts = torch.cat([parts.float(), torch.tensor([float(output.num_clip_pairs)], device=parts.device)])
-    mean = accelerator.reduce(parts, reduction="mean").tolist()
-    names = ["loss", "loss_denoise", "loss_contrastive", "loss_diversity", "clip_pairs"]
-    return {**dict(zip(names, mean)), "lr": lr}
+class AccumulatedLoss:
+    """The logged losses of one optimiser step: the mean over its gradient-accumulation micro-batches (as diffusers'
+    `train_loss`), then over processes.
+
+    Example:
+        >>> meter = AccumulatedLoss()
+        >>> meter.add(output_a); meter.add(output_b)  # doctest: +SKIP
+        >>> meter.logs(accelerator, lr=1e-4)["loss"]  # (loss_a + loss_b) / 2  # doctest: +SKIP
+    """
+
+    NAMES = ("loss", "loss_denoise", "loss_contrastive", "loss_diversity", "clip_pairs")
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, output: EDGELossOutput) -> None:
+        parts = torch.stack([output.loss.detach(), output.denoise, output.contrastive, output.diversity]).float()
+        parts = torch.cat([parts, torch.tensor([float(output.num_clip_pairs)], device=parts.device)])
+        self.total = parts if self.total is None else self.total + parts
+        self.count += 1
+
+    def logs(self, accelerator: Any, lr: float) -> dict[str, float]:
+        """The means since the last call (then resets), reduced over processes, and the learning rate."""
+        mean = accelerator.reduce(self.total / self.count, reduction="mean").tolist()
+        self.total, self.count = None, 0
+        return {**dict(zip(self.NAMES, mean)), "lr": lr}
 
 
 def _register_hooks(accelerator: Any, args: argparse.Namespace) -> None:
@@ -1282,28 +1444,79 @@ def _validate(accelerator: Any, args: argparse.Namespace, models: dict, unet: An
     return images
 
 
+# diffusers' LoRA text-to-image script tags its cards with these (diffusers-training marks a training script's card).
+DIFFUSERS_TRAINING_TAGS = ["stable-diffusion", "stable-diffusion-diffusers", "text-to-image", "diffusers",
+                           "diffusers-training"]  # fmt: skip
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+_MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+{{ model_description }}
+"""
+
+
+def hub_base_model(path_or_id: str) -> str:
+    """The Hub id to write as a card's `base_model` for `--pretrained_model_name_or_path`.
+
+    A Hub id is returned as it is. A local folder is traced back to its Hub id when it is a huggingface_hub cache
+    snapshot (`.../models--org--name/snapshots/<hash>`) or a folder saved from a Hub model (its
+    `model_index.json` records the id as `_name_or_path`); otherwise the path is returned as given, as diffusers'
+    training scripts write it.
+
+    Example:
+        >>> hub_base_model("stable-diffusion-v1-5/stable-diffusion-v1-5")
+        'stable-diffusion-v1-5/stable-diffusion-v1-5'
+        >>> hub_base_model("/cache/hub/models--org--name/snapshots/0123abc")
+        'org/name'
+    """
+    path = Path(path_or_id)
+    for part in path.parts:
+        if part.startswith("models--") and part.count("--") >= 2:
+            return part.removeprefix("models--").replace("--", "/", 1)
+    index = path / "model_index.json"
+    if index.is_file():
+        recorded = str(json.loads(index.read_text(encoding="utf-8")).get("_name_or_path") or "")
+        if _HUB_ID.match(recorded) and not Path(recorded).exists():
+            return recorded
+    return str(path_or_id)
+
+
 def save_model_card(
     args: argparse.Namespace, output_dir: str | Path, global_step: int, images: Sequence[PIL.Image.Image] = ()
 ) -> Path:
-    """Writes `README.md` (a `huggingface_hub.ModelCard`) recording the base and CLIP models, data, weights, steps.
+    """Writes `README.md`: a `huggingface_hub.ModelCard` with diffusers' training metadata and the run's settings.
+
+    The YAML carries what diffusers' `load_or_create_model_card(from_training=True)` + `populate_model_card` write
+    for a LoRA training script (`base_model`, `library_name: diffusers`, `license`, `inference: true`, a `widget`
+    of the validation images, `instance_prompt`, diffusers' training tags) plus ours. The card is built afresh
+    from this run, never loaded from a repository (`load_or_create_model_card` would return the card a previous
+    push left and keep its numbers); images of an earlier run (`image_*.png`) are deleted.
 
     Example:
         >>> save_model_card(args, "edge-lora", global_step=1000)  # doctest: +SKIP
     """
+    from diffusers.utils.hub_utils import populate_model_card
     from huggingface_hub import ModelCard, ModelCardData
 
     output_dir = Path(output_dir)
     base = args.pretrained_model_name_or_path
     data = args.dataset_name or args.train_data_dir or "an in-memory datasets.Dataset"
-    card_data = ModelCardData(
-        base_model=None if Path(base).exists() else base,
-        library_name="diffusers",
-        license="creativeml-openrail-m",
-        tags=["stable-diffusion", "text-to-image", "diffusers", "dataset-distillation", "edge", args.finetune],
-        datasets=[args.dataset_name] if args.dataset_name and not Path(args.dataset_name).exists() else None,
-    )
+    for stale in output_dir.glob("image_*.png"):
+        stale.unlink()
     for i, image in enumerate(images):
         image.save(output_dir / f"image_{i}.png")
+    widget = [{"text": args.validation_prompt, "output": {"url": f"image_{i}.png"}} for i in range(len(images))]
+    card_data = ModelCardData(
+        base_model=hub_base_model(base),
+        library_name="diffusers",
+        license="creativeml-openrail-m",
+        inference=True,
+        instance_prompt=args.validation_prompt,
+        widget=widget or None,
+        datasets=[args.dataset_name] if args.dataset_name and not Path(args.dataset_name).exists() else None,
+    )
     gallery = "".join(f"![image {i}](./image_{i}.png)\n" for i in range(len(images)))
     if args.finetune == "lora":
         usage = (
@@ -1333,6 +1546,8 @@ def save_model_card(
         ("CLIP losses on", args.clip_loss_inputs if args.clip_loss_inputs == "one_step" else
          f"rollouts: {args.rollout_steps} DDIM steps from noise, guidance {args.rollout_guidance_scale}"),
         ("caption dropout", args.caption_dropout),
+        ("prediction type", args.prediction_type or "the scheduler's"),
+        ("Min-SNR gamma / noise offset", f"{args.snr_gamma or 'off'} / {args.noise_offset or 'off'}"),
         ("resolution / loss resolution", f"{args.resolution} / {args.loss_resolution or args.resolution}"),
         ("optimiser steps", global_step),
         ("batch size x accumulation", f"{args.train_batch_size} x {args.gradient_accumulation_steps} per process"),
@@ -1353,19 +1568,37 @@ def save_model_card(
         "loss).\n\n"
         f"{table}\n## Use\n\n{usage}\n{gallery}"
     )
-    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
+    card = ModelCard.from_template(card_data, template_str=_MODEL_CARD_TEMPLATE, model_description=body)
+    tags = [*DIFFUSERS_TRAINING_TAGS, "lora" if args.finetune == "lora" else "difffit"]
+    card = populate_model_card(card, tags=[*tags, "dataset-distillation", "edge", "diffusers-edge"])
     path = output_dir / "README.md"
     card.save(path)
     return path
 
 
-def _push(args: argparse.Namespace, output_dir: Path) -> None:
-    from huggingface_hub import create_repo, upload_folder
+def push_training_output(
+    args: argparse.Namespace, output_dir: str | Path, num_images: int, api: Any | None = None
+) -> str:
+    """Uploads what a user of the weights needs, and only that: the weights file, `README.md` and the card's
+    `image_{i}.png`. Checkpoints, logs and `validation/` stay local; images an earlier push left in the repository
+    (`image_*.png`) are deleted in the same commit.
 
-    repo_id = create_repo(args.hub_model_id or output_dir.name, exist_ok=True).repo_id
-    upload_folder(
+    Example:
+        >>> push_training_output(args, "edge-lora", num_images=4)  # doctest: +SKIP
+        'me/edge-lora'
+    """
+    from huggingface_hub import HfApi
+
+    output_dir = Path(output_dir)
+    api = api or HfApi(token=args.hub_token)
+    repo_id = api.create_repo(args.hub_model_id or output_dir.name, exist_ok=True, token=args.hub_token).repo_id
+    weights = LORA_WEIGHT_NAME if args.finetune == "lora" else DIFFFIT_WEIGHT_NAME
+    api.upload_folder(
         repo_id=repo_id,
         folder_path=str(output_dir),
         commit_message="EDGE fine-tune",
-        ignore_patterns=["checkpoint-*/**", f"{args.logging_dir}/**"],
+        allow_patterns=[weights, "README.md", *(f"image_{i}.png" for i in range(num_images))],
+        delete_patterns=["image_*.png"],
+        token=args.hub_token,
     )
+    return repo_id

@@ -60,6 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--push_to_hub", action="store_true", help="push the finished set to --hub_dataset_id")
     parser.add_argument("--hub_dataset_id", default=None, help="user/name of the Hub dataset repository")
     parser.add_argument("--private", action="store_true", help="create the Hub repository private")
+    parser.add_argument("--license", default="other", help="the dataset card's license (a Hub license id)")
     parser.add_argument("--shapes_num_train", type=int, default=5000, help="size of the embedded shapes train split")
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_dataset_id:
@@ -122,9 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         0
     """
     from ..pipeline_edge import _process_state
+    from ..process_logging import set_library_verbosity
 
     args = parse_args(argv)
     state = _process_state()
+    set_library_verbosity(state.is_local_main_process)
     source = load_training_source(args)
     pipe = build_pipeline(args, state.device)
     distilled = pipe.distill(
@@ -143,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         captioner=build_captioner(args, state.device),
         resume=not args.no_resume,
         shard_size=args.shard_size,
+        license=args.license,
     )
     if state.is_main_process:
         print(f"{distilled.num_rows} images, {sum(map(len, distilled['captions']))} pairs in {args.output_dir}")

@@ -31,14 +31,18 @@ ours                    BLIP ``itm_eval``        open_clip ``get_clip_metrics`` 
 ``t2i_mean_rank``       --                       ``text_to_image_mean_rank``  --
 ======================  =======================  ===========================  ==============================
 
-open_clip and CLIP_benchmark report fractions in [0, 1], not percent; open_clip assumes one text per image and
-floors its median rank. With ``ir_recall=True`` the IR-style recall (the fraction of *all* relevant candidates
-found in the top K, torchmetrics' ``RetrievalRecall``) is added under ``i2t_IRrecall@{k}`` and
-``t2i_IRrecall@{k}``; with one image per text the latter equals ``t2i_R@{k}``.
+open_clip and CLIP_benchmark report fractions in [0, 1], not percent; open_clip assumes one text per image.
+The median rank is reported as the field does (VSE++ ``i2t``/``t2i`` ``medr``, open_clip ``*_median_rank``):
+``floor(median of the 0-based ranks) + 1``, an integer even for an even number of queries.
+
+With ``ir_recall=True`` the IR-style recall (the fraction of *all* relevant candidates found in the top K,
+torchmetrics' ``RetrievalRecall``) is added under ``i2t_IRrecall@{k}`` and ``t2i_IRrecall@{k}``; with one image per
+text the latter equals ``t2i_R@{k}``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -318,8 +322,8 @@ def _summarize(
     out["i2t_mean"] = sum(out[f"i2t_R@{k}"] for k in ks) / len(ks)
     out["t2i_mean"] = sum(out[f"t2i_R@{k}"] for k in ks) / len(ks)
     out["r_mean"] = (out["i2t_mean"] + out["t2i_mean"]) / 2
-    out["i2t_median_rank"] = _median(i2t_rank + 1)
-    out["t2i_median_rank"] = _median(t2i_rank + 1)
+    out["i2t_median_rank"] = _median_rank(i2t_rank)
+    out["t2i_median_rank"] = _median_rank(t2i_rank)
     out["i2t_mean_rank"] = (i2t_rank + 1).double().mean().item()
     out["t2i_mean_rank"] = (t2i_rank + 1).double().mean().item()
     if ir_pos is not None:
@@ -336,11 +340,12 @@ def _percent(hit: torch.Tensor) -> float:
     return 100.0 * hit.double().mean().item()
 
 
-def _median(ranks: torch.Tensor) -> float:
-    """Median as numpy defines it (mean of the two middle values for an even count)."""
+def _median_rank(ranks: torch.Tensor) -> float:
+    """The 1-based median rank as VSE++ (Faghri et al. 2018) and open_clip report it: floor(median of the 0-based
+    ranks) + 1, the median being numpy's (the mean of the two middle values for an even count)."""
     ordered = torch.sort(ranks).values
     n = len(ordered)
-    return (ordered[(n - 1) // 2].item() + ordered[n // 2].item()) / 2
+    return float(math.floor((ordered[(n - 1) // 2].item() + ordered[n // 2].item()) / 2) + 1)
 
 
 def _as_tensor(x: ArrayLike | Sequence, name: str) -> torch.Tensor:
