@@ -149,7 +149,7 @@ def ownership_problem(output_dir: str | os.PathLike, path: str | os.PathLike, ru
     if run is not None and recorded_run != run:
         return f"{str(path)!r} was written by a distill run with other arguments"
     if file_sha256(path) != recorded_hash:
-        return f"{str(path)!r} changed since distill wrote it (its SHA-256 no longer matches the record): damaged or replaced"
+        return f"{str(path)!r} changed since distill wrote it (its SHA-256 no longer matches the record)"
     return None
 
 
@@ -420,7 +420,7 @@ def read_manifest(output_dir: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{str(path)!r} is damaged ({error}); delete the folder's set or choose another one.") from error
+        raise ValueError(f"{str(path)!r} is damaged ({error}); delete the set or choose another folder.") from error
     if not isinstance(manifest, dict):
         raise ValueError(f"{str(path)!r} is damaged (not a JSON object).")
     return manifest
