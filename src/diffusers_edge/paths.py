@@ -69,7 +69,7 @@ def read_annotation_text(path: str | os.PathLike) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(
-            f"{str(path)!r} is not UTF-8 text (byte {error.start} is {data[error.start:error.start + 1]!r}); "
+            f"{str(path)!r} is not UTF-8 text (byte {error.start} is {data[error.start : error.start + 1]!r}); "
             "JSON annotation files must be UTF-8. Re-save it as UTF-8, e.g. "
             f"`iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`."
         ) from error

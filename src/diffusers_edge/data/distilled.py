@@ -44,6 +44,7 @@ import PIL.Image
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
+from ..paths import read_annotation_text, resolve_inside
 from .format import CAPTIONS_COLUMN, IMAGE_COLUMN, IMAGE_ID_COLUMN, NORMALIZED_FEATURES, check_captions
 
 PROMPT_COLUMN = "prompt"
@@ -448,10 +449,12 @@ class DistilledConfig(datasets.BuilderConfig):
     Attributes:
         data_path: a distilled-set folder (our layout) or a flat EDGE/LoRS/BLIP JSON file.
         image_root: the folder the JSON records' `image` paths are relative to (default: the JSON file's folder).
+        allow_outside_root: let JSON records name images outside `image_root` (refused by default).
     """
 
     data_path: str | None = None
     image_root: str | None = None
+    allow_outside_root: bool = False
 
 
 class DistilledBuilder(datasets.GeneratorBasedBuilder):
@@ -480,7 +483,8 @@ class DistilledBuilder(datasets.GeneratorBasedBuilder):
         path = Path(self.config.data_path)
         if path.is_file() and path.suffix == ".json":
             root = Path(self.config.image_root) if self.config.image_root else path.parent
-            kwargs = {"json_rows": _flat_json_rows(path, root)}  # read eagerly: errors reach the caller as they are
+            # read eagerly: errors reach the caller as they are
+            kwargs = {"json_rows": _flat_json_rows(path, root, self.config.allow_outside_root)}
         elif path.is_dir():
             kwargs = {"shards": [str(p) for p in check_complete(path)]}
         else:
@@ -504,12 +508,20 @@ def _parquet_rows(shards: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield key, {name: row.get(name) for name in DISTILLED_FEATURES}
 
 
-def _flat_json_rows(json_path: Path, image_root: Path) -> list[dict[str, Any]]:
-    """The records of a flat JSON file grouped into one row per image (first-seen order), checked."""
-    records = json.loads(json_path.read_text(encoding="utf-8"))
+def _flat_json_rows(json_path: Path, image_root: Path, allow_outside_root: bool) -> list[dict[str, Any]]:
+    """The records of a flat JSON file grouped into one row per image (first-seen order), checked.
+
+    Image paths must resolve inside `image_root` (unless `allow_outside_root`); the images' bytes are embedded, so
+    the loaded set no longer refers to files on disk (and exporting it reads nothing else).
+    """
+    try:
+        records = json.loads(read_annotation_text(json_path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{str(json_path)!r} is not valid JSON: {error}.") from error
     if not isinstance(records, list):
         raise ValueError(f"{str(json_path)!r} must hold a JSON list of {{image, caption, image_id}} records.")
     grouped: dict[str, dict[str, Any]] = {}
+    owners: dict[Path, str] = {}
     for i, record in enumerate(records):
         where = f"{json_path.name} record {i}"
         if not isinstance(record, dict) or "image" not in record or "caption" not in record:
@@ -517,7 +529,12 @@ def _flat_json_rows(json_path: Path, image_root: Path) -> list[dict[str, Any]]:
         captions = record["caption"] if isinstance(record["caption"], list) else [record["caption"]]
         captions = check_captions(captions, record=where)
         image_id = str(record.get("image_id", record["image"]))
-        image = (image_root / record["image"]).resolve()
+        image = resolve_inside(image_root, record["image"], where, allow_outside_root)
+        if owners.setdefault(image, image_id) != image_id:
+            raise ValueError(
+                f"{where}: image file {str(image)!r} is already image_id {owners[image]!r}; one image under two ids "
+                "would count as two different images."
+            )
         row = grouped.setdefault(image_id, {"image": image, "captions": [], "where": where})
         if row["image"] != image:
             raise ValueError(f"{where}: image_id {image_id!r} names {str(image)!r} but earlier {str(row['image'])!r}.")
@@ -527,7 +544,7 @@ def _flat_json_rows(json_path: Path, image_root: Path) -> list[dict[str, Any]]:
         if not row["image"].is_file():
             raise FileNotFoundError(f"{row['where']}: image file {str(row['image'])!r} does not exist.")
         out.append({
-            IMAGE_COLUMN: str(row["image"]),
+            IMAGE_COLUMN: {"bytes": row["image"].read_bytes(), "path": None},
             CAPTIONS_COLUMN: row["captions"],
             IMAGE_ID_COLUMN: image_id,
             PROMPT_COLUMN: None,
@@ -545,6 +562,7 @@ def load_distilled(
     split: str = SPLIT,
     image_root: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    allow_outside_root: bool = False,
     **load_kwargs: Any,
 ) -> datasets.Dataset:
     """Loads a distilled set: a local folder in our layout, a flat EDGE/LoRS/BLIP JSON file, or a Hub repo id.
@@ -554,6 +572,8 @@ def load_distilled(
         split: the split of a Hub repository (our sets have only `train`).
         image_root: for a JSON file, the folder its image paths are relative to.
         cache_dir: where `datasets` keeps its Arrow cache.
+        allow_outside_root: for a JSON file, accept image paths that lead outside `image_root` (`..`, absolute
+            paths, symlinks); refused by default, naming the record.
         **load_kwargs: passed to `datasets.load_dataset` for a Hub repository (e.g. `revision`, `token`).
 
     Returns:
@@ -568,6 +588,7 @@ def load_distilled(
         builder = DistilledBuilder(
             data_path=str(path.resolve()),
             image_root=str(Path(image_root).resolve()) if image_root else None,
+            allow_outside_root=allow_outside_root,
             cache_dir=str(cache_dir) if cache_dir else None,
         )
         # rebuilt on every call: the builder's cache key is the path, and a folder or file can be regenerated in place
@@ -616,10 +637,16 @@ def to_flat_pairs(dataset: datasets.Dataset) -> datasets.Dataset:
     return flat.cast_column(IMAGE_COLUMN, datasets.Image())
 
 
-def _image_bytes(value: dict[str, Any]) -> bytes:
+def _image_bytes(value: dict[str, Any], image_root: Path | None, allow_outside_root: bool, record: str) -> bytes:
+    """A cell's embedded bytes, or its file's bytes when that file lies under `image_root` (or anywhere if allowed)."""
     if value.get("bytes"):
         return value["bytes"]
-    return Path(value["path"]).read_bytes()
+    if image_root is None and not allow_outside_root:
+        raise ValueError(
+            f"{record} stores its image by path only ({value['path']!r}); pass image_root= (the folder such files "
+            "must lie in) or allow_outside_root=True, so that export never copies a file from elsewhere."
+        )
+    return resolve_inside(image_root or "/", value["path"], record, allow_outside_root).read_bytes()
 
 
 def _image_suffix(data: bytes) -> str:
@@ -632,12 +659,18 @@ def export_blip_json(
     output_dir: str | os.PathLike,
     json_name: str = "train.json",
     image_folder: str = "images",
+    image_root: str | os.PathLike | None = None,
+    allow_outside_root: bool = False,
 ) -> Path:
     """Writes the flat EDGE/LoRS/BLIP JSON form: `json_name` with one record per pair + an image folder.
 
     Records are `{"image": "images/000000.png", "caption": str, "image_id": int}` with paths relative to
     `output_dir` (pass it as the image root of the evaluation code) and `image_id` the row index, as the BLIP
     `re_train_dataset` expects. Image files keep their stored bytes (PNG for our sets). Each image is written once.
+
+    Images embedded in the dataset (our sets, Hub sets, JSON loaded by `load_distilled`) are written as they are.
+    An image stored only by a path is copied only if that file lies under `image_root`, so a folder meant for
+    sharing never receives a file from elsewhere; `allow_outside_root=True` lifts this.
 
     Returns:
         The JSON file's path.
@@ -652,7 +685,9 @@ def export_blip_json(
     raw = dataset.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
     records = []
     for index, row in enumerate(raw.select_columns([IMAGE_COLUMN, CAPTIONS_COLUMN, IMAGE_ID_COLUMN])):
-        data = _image_bytes(row[IMAGE_COLUMN])
+        data = _image_bytes(
+            row[IMAGE_COLUMN], Path(image_root) if image_root else None, allow_outside_root, f"row {index}"
+        )
         relative = f"{image_folder}/{index:06d}{_image_suffix(data)}"
         (output_dir / relative).write_bytes(data)
         for caption in check_captions(row[CAPTIONS_COLUMN], record=f"row {index} (image_id={row[IMAGE_ID_COLUMN]!r})"):
