@@ -187,3 +187,17 @@ def test_a_lora_with_nan_weights_is_refused(tiny_sd_path, tmp_path):
     fresh = EDGEPipeline.from_pretrained(tiny_sd_path)
     with pytest.raises(ValueError, match=r"LoRA '.*nan-lora' holds non-finite .* weights, e\.g\. '.*lora_A"):
         fresh.load_lora_weights(str(tmp_path / "nan-lora"))
+
+
+def test_distill_command_checks_flags_before_loading(tmp_path):
+    from diffusers_edge.commands.distill import parse_args
+
+    required = ["--pretrained_model_name_or_path", "sd", "--source", "shapes", "--num_pairs", "4"]
+    required += ["--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="--num_inference_steps must be a positive integer, got 0"):
+        parse_args([*required, "--num_inference_steps", "0"])
+    with pytest.raises(ValueError, match="--guidance_scale must be a finite number, got nan"):
+        parse_args([*required, "--guidance_scale", "nan"])
+    with pytest.raises(FileNotFoundError, match=r"--lora '.*edge-lora' is not an existing folder or file"):
+        parse_args([*required, "--lora", str(tmp_path / "edge-lora")])
+    assert not (tmp_path / "out").exists()

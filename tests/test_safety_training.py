@@ -96,6 +96,9 @@ def test_checkpoint_names_and_damaged_files_are_named(tiny_sd, tiny_clip, shapes
     best.mkdir()
     with pytest.raises(ValueError, match=r"'.*checkpoint-best': a checkpoint folder must be named checkpoint-<step>"):
         resolve_checkpoint("checkpoint-best", out)
+    (tmp_path / "saved").mkdir()  # outside the checkpoint-N naming altogether
+    with pytest.raises(ValueError, match=r"'.*saved': a checkpoint folder must be named checkpoint-<step>"):
+        resolve_checkpoint(str(tmp_path / "saved"), out)
     with pytest.raises(ValueError, match="checkpoint-6' cannot be resumed from: incomplete: no pytorch_lora_weights"):
         (out / "checkpoint-6").mkdir()
         resolve_checkpoint("checkpoint-6", out)
