@@ -176,14 +176,20 @@ def test_a_missing_lora_folder_is_named(tiny_sd_path, tmp_path):
 
 def test_a_lora_with_nan_weights_is_refused(tiny_sd_path, tmp_path):
     from peft import LoraConfig
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
-    from diffusers_edge.training import save_lora
+    from diffusers_edge.training import LORA_WEIGHT_NAME, save_lora
 
     pipe = EDGEPipeline.from_pretrained(tiny_sd_path)
     pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"], init_lora_weights="gaussian"))
-    with torch.no_grad():
-        next(p for n, p in pipe.unet.named_parameters() if "lora_A" in n).fill_(float("nan"))
-    save_lora(pipe.unet, tmp_path / "nan-lora")
+    path = save_lora(pipe.unet, tmp_path / "nan-lora")  # save_lora itself refuses NaN: poison the file afterwards
+    with safe_open(str(path), "pt") as file:
+        tensors, metadata = {k: file.get_tensor(k) for k in file.keys()}, file.metadata()  # noqa: SIM118
+    first = sorted(k for k in tensors if "lora.down" in k or "lora_A" in k)[0]
+    tensors[first] = torch.full_like(tensors[first], float("nan"))
+    save_file(tensors, str(path), metadata=metadata)
+    assert path.name == LORA_WEIGHT_NAME
     fresh = EDGEPipeline.from_pretrained(tiny_sd_path)
     with pytest.raises(ValueError, match=r"LoRA '.*nan-lora' holds non-finite .* weights, e\.g\. '.*lora_A"):
         fresh.load_lora_weights(str(tmp_path / "nan-lora"))
