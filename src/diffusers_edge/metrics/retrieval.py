@@ -87,9 +87,10 @@ def retrieval_recall(
     Warns:
         UserWarning: for a float16 / bfloat16 matrix. Half precision keeps about 3 (bfloat16: 2) significant
             digits, so scores that differ in float32 become equal; ties count pessimistically, so recall drops
-            (measured on one set of scores: r_mean 9.53 in float32, 9.00 in float16, 6.87 in bfloat16). The
-            scores are compared in float32, which cannot undo the rounding: compute them in float32, or pass the
-            embeddings to `retrieval_recall_from_embeddings`, which computes in float32.
+            (measured on synthetic CLIP-like embeddings, 1000 images x 5 texts, mean cosine 0.70: r_mean 8.95
+            from float32 scores, 8.66 from float16, 6.94 from bfloat16). The scores are compared in float32, which
+            cannot undo the rounding: compute them in float32, or pass the embeddings to
+            `retrieval_recall_from_embeddings`, which computes in float32.
 
     Example:
         >>> import torch
