@@ -146,6 +146,9 @@ def test_a_truncated_jpeg_is_named_at_load_time(layout, tmp_path):
     records = [{"image": "images/cut.jpg", "caption": "x", "image_id": 0}]
     with pytest.raises(ValueError, match=r"record 0 .*cut.jpg' cannot be read as an image \(image file is truncated"):
         load_karpathy_json(blip(tmp_path, records), root)
+    (root / "images" / "padded.jpg").write_bytes(buffer.getvalue() + b"camera data after the end marker")
+    records = [{"image": "images/padded.jpg", "caption": "x", "image_id": 0}]
+    assert load_karpathy_json(blip(tmp_path, records), root).num_rows == 1  # complete, so accepted
 
 
 def test_a_latin1_annotation_file_is_named(layout, tmp_path):

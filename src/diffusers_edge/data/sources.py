@@ -99,20 +99,29 @@ def _verify_image(path: Path, record: str) -> None:
     """Raises if `path` is missing or is not an image PIL can read to its end.
 
     `verify()` checks the structure (and a PNG's checksums) without decoding, but a JPEG cut short passes it and
-    would only fail when training reaches it; so other formats are decoded too, a JPEG at 1/8 scale (`draft`),
-    which reads all of its data at a fraction of the cost.
+    would only fail when training reaches it. A complete JPEG ends with the end-of-image marker `FF D9` (ITU-T T.81,
+    B.2.1), so a JPEG whose last bytes (zero padding aside) are something else is decoded to be sure; other formats
+    than PNG and JPEG are decoded too.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{record}: image file {str(path)!r} does not exist.")
     try:
         with PIL.Image.open(path) as image:
+            image_format = image.format
             image.verify()
+        if image_format == "PNG" or (image_format == "JPEG" and _ends_with_jpeg_eoi(path)):
+            return
         with PIL.Image.open(path) as image:
-            if image.format != "PNG":
-                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-                image.load()
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))  # JPEG: decode at 1/8 scale
+            image.load()
     except Exception as error:  # PIL raises OSError, SyntaxError, struct.error, ... for broken files
         raise ValueError(f"{record}: image file {str(path)!r} cannot be read as an image ({error}).") from error
+
+
+def _ends_with_jpeg_eoi(path: Path) -> bool:
+    with open(path, "rb") as file:
+        file.seek(max(0, path.stat().st_size - 64))
+        return file.read().rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
 @dataclass
