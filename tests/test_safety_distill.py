@@ -207,3 +207,29 @@ def test_distill_command_checks_flags_before_loading(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"--lora '.*edge-lora' is not an existing folder or file"):
         parse_args([*required, "--lora", str(tmp_path / "edge-lora")])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_kill_between_recording_and_renaming_a_shard_regenerates_it(pipe, source, tmp_path, monkeypatch):
+    import diffusers_edge.data.distilled as layout
+
+    reference, folder = tmp_path / "reference", tmp_path / "set"
+    pipe.distill(source, 5, output_dir=reference, **FAST)
+
+    class Killed(RuntimeError):
+        pass
+
+    real_replace = layout.os.replace
+
+    def killed_before_second_shard_lands(src, dst):
+        if str(dst).endswith("train-00001-of-00003.parquet"):
+            raise Killed("simulated kill after the record, before the rename")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(layout.os, "replace", killed_before_second_shard_lands)
+    with pytest.raises(Killed):
+        pipe.distill(source, 5, output_dir=folder, **FAST)
+    monkeypatch.setattr(layout.os, "replace", real_replace)
+    assert (folder / RECORDS_DIR / "train-00001-of-00003.parquet.json").is_file()
+    assert not (folder / "data" / "train-00001-of-00003.parquet").exists()
+    pipe.distill(source, 5, output_dir=folder, **FAST)
+    assert snapshot(folder / "data") == snapshot(reference / "data")
