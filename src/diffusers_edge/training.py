@@ -1376,7 +1376,7 @@ def check_training_finite(
     if bad and weights:
         what += f" and {len(weights)} weight(s) are, e.g. {weights[0]!r}"
     complete, _ = list_checkpoints(output_dir)
-    last = f"the last good checkpoint is {str(complete[-1])!r}" if complete else "no checkpoint was saved"
+    last = f"the last checkpoint (finite weights) is {str(complete[-1])!r}" if complete else "no checkpoint was saved"
     raise FloatingPointError(
         f"Training diverged at step {step}: {what}. No weights of this run were written from this step on; {last}. "
         "Lower --learning_rate (or --max_grad_norm), or check the data."
