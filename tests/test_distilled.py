@@ -55,12 +55,16 @@ def finished(tmp_path):
 
 def test_shards_appear_whole_and_incomplete_sets_are_named(tmp_path):
     folder = tmp_path / "set"
-    write_shard(rows(0, 2), shard_path(folder, 0, 3), folder / TMP_DIR)
-    write_shard(rows(4, 1), shard_path(folder, 2, 3), folder / TMP_DIR)
-    write_shard(rows(0, 1), shard_path(folder, 0, 7), folder / TMP_DIR)  # another layout's shard: not ours
+    write_shard(rows(0, 2), shard_path(folder, 0, 3), folder / TMP_DIR, run="run-a")
+    write_shard(rows(4, 1), shard_path(folder, 2, 3), folder / TMP_DIR, run="run-a")
     (folder / TMP_DIR / "train-00001-of-00003.parquet.1.partial").write_bytes(b"PAR1")  # a crash mid-write
-    assert finished_shards(folder, 3) == {0, 2}
+    assert finished_shards(folder, 3, "run-a") == {0, 2}
     assert not list((folder / TMP_DIR).glob("*.parquet"))  # nothing half-written is ever at a shard's name
+    with pytest.raises(ValueError, match="train-00000-of-00003.parquet' was written by a distill run with other"):
+        finished_shards(folder, 3, "run-b")
+    write_shard(rows(0, 1), shard_path(folder, 0, 7), folder / TMP_DIR)  # another layout's shard, unrecorded
+    with pytest.raises(ValueError, match=r"train-00000-of-00007.parquet' was not written by distill"):
+        finished_shards(folder, 3, "run-a")  # named, never counted or overwritten
     with pytest.raises(ValueError, match="has no README.md"):
         check_complete(folder)
     (folder / "data" / "train-00000-of-00007.parquet").unlink()

@@ -57,6 +57,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 from . import __version__
 from .data import distilled as layout
 from .data.format import CAPTIONS_COLUMN, IMAGE_ID_COLUMN, check_captions
+from .paths import check_model_reference
 from .selection import EMBEDDING_METHODS, embed_captions, select_captions
 
 logger = logging.get_logger(__name__)
@@ -65,7 +66,7 @@ CaptionFn = Callable[[list[PIL.Image.Image], list[str], int, list[int]], list[li
 """A captioner: `fn(images, prompts, num_captions, seeds) -> num_captions non-empty captions per image`."""
 
 DEFAULT_SHARD_SIZE = 64
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: every shard and the card are recorded with their SHA-256
 
 
 def item_seed(seed: int, index: int) -> int:
@@ -164,9 +165,8 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def _check_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
-    """Refuses to mix sets: raises naming the first argument that differs from the folder's manifest."""
-    old = json.loads((output_dir / layout.MANIFEST_NAME).read_text(encoding="utf-8"))
+def _check_manifest(output_dir: Path, old: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Refuses to mix sets: raises naming the first argument that differs from the folder's manifest `old`."""
     for key in [*manifest, *(k for k in old if k not in manifest)]:  # the call's own arguments come first
         if old.get(key) != manifest.get(key):
             raise ValueError(
@@ -175,13 +175,52 @@ def _check_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
             )
 
 
+def _check_output_dir(output_dir: Path, has_manifest: bool) -> None:
+    """Refuses a file, or a folder that holds anything but a set distill began (`edge_manifest.json` present).
+
+    A folder with only a plan or partial files (a run killed before it wrote its manifest) counts as empty.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir {str(output_dir)!r} is a file, not a folder.")
+    if has_manifest or not output_dir.is_dir():
+        return
+    others = sorted(p.name for p in output_dir.iterdir() if p.name not in (layout.PLAN_NAME, layout.TMP_DIR))
+    if others:
+        listed = others[:5] + ([f"... {len(others) - 5} more"] if len(others) > 5 else [])
+        raise ValueError(
+            f"output_dir {str(output_dir)!r} is not empty and holds no distilled set begun by distill (no "
+            f"{layout.MANIFEST_NAME}); it holds {listed}. distill writes only into an empty folder or one it wrote "
+            "itself, so nothing there was changed: choose another (or an empty) output_dir."
+        )
+
+
 def _clear_set(output_dir: Path) -> None:
-    """Removes what a previous distill wrote in `output_dir` (only our files)."""
-    for name in (layout.MANIFEST_NAME, layout.PLAN_NAME, layout.CARD_NAME):
-        (output_dir / name).unlink(missing_ok=True)
-    for shard in (output_dir / layout.DATA_DIR).glob(f"{layout.SPLIT}-*.parquet"):
-        shard.unlink()
+    """Removes what a previous distill wrote in `output_dir`; the caller has checked that every file is ours.
+
+    The manifest goes last, so a clear interrupted half-way still leaves a folder recognised as ours.
+    """
+    for path in layout.set_files(output_dir):
+        path.unlink()
+        (output_dir / layout.RECORDS_DIR / f"{path.name}.json").unlink(missing_ok=True)
+    shutil.rmtree(output_dir / layout.RECORDS_DIR, ignore_errors=True)
     shutil.rmtree(output_dir / layout.TMP_DIR, ignore_errors=True)
+    (output_dir / layout.PLAN_NAME).unlink(missing_ok=True)
+    (output_dir / layout.MANIFEST_NAME).unlink()
+
+
+def _check_sampling_arguments(
+    num_inference_steps: int, guidance_scale: float, height: int | None, width: int | None
+) -> None:
+    """Checked before anything is written: a bad value would otherwise fail after the manifest recorded it."""
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+        raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}.")
+    if not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}.")
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 8 or value % 8):
+            raise ValueError(f"{name} must be a positive multiple of 8 (the VAE's downsampling), got {value!r}.")
 
 
 def _check_captions_out(out: Any, prompts: list[str], indices: list[int], num: int) -> list[list[str]]:
@@ -289,9 +328,26 @@ class EDGEPipeline(StableDiffusionPipeline):
         Example:
             >>> pipe.load_lora_weights("edge-lora")     # a folder written by examples/train_edge.py
         """
-        super().load_lora_weights(pretrained_model_name_or_path_or_dict, adapter_name=adapter_name, **kwargs)
         source = pretrained_model_name_or_path_or_dict
-        self._edge_lora_sources.append(str(source) if isinstance(source, (str, os.PathLike)) else "<state dict>")
+        if isinstance(source, (str, os.PathLike)):
+            check_model_reference(source, "LoRA")
+        try:
+            super().load_lora_weights(source, adapter_name=adapter_name, **kwargs)
+        except (OSError, ValueError) as error:
+            if not isinstance(source, (str, os.PathLike)) or Path(source).exists():
+                raise
+            raise FileNotFoundError(
+                f"LoRA {str(source)!r} is not a local folder or file, and no Hub repository of that name could be "
+                f"read ({error})."
+            ) from error
+        name = str(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
+        bad = [n for n, p in self.unet.named_parameters() if "lora_" in n and not torch.isfinite(p).all()]
+        if bad:
+            raise ValueError(
+                f"The LoRA {name!r} holds non-finite (NaN or infinite) weights, e.g. {bad[0]!r}: it would generate "
+                "blank images. It comes from a training run that diverged; retrain it with a lower learning rate."
+            )
+        self._edge_lora_sources.append(name)
 
     # ------------------------------------------------------------------------------------------------- distill
 
@@ -363,6 +419,7 @@ class EDGEPipeline(StableDiffusionPipeline):
             raise ValueError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be at least 1.")
         if seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed}.")
+        _check_sampling_arguments(num_inference_steps, guidance_scale, height, width)
         captions, owners = _caption_pool(source)
         num_images = math.ceil(num_pairs / captions_per_image)
         if num_images > len(captions):
@@ -385,7 +442,8 @@ class EDGEPipeline(StableDiffusionPipeline):
         state = _process_state()
         plan = self._prepare_output(output_dir, manifest, resume, state, captions, owners, selection)
         num_shards = math.ceil(num_images / shard_size)
-        todo = sorted(set(range(num_shards)) - layout.finished_shards(output_dir, num_shards))
+        run = layout.run_id(manifest)
+        todo = sorted(set(range(num_shards)) - layout.finished_shards(output_dir, num_shards, run))
         state.wait_for_everyone()  # every process has seen the same finished shards before any writes more
         with state.split_between_processes(todo) as mine:
             self._make_shards(output_dir, list(mine), plan, manifest, caption_fn, state, callback, progress)
@@ -467,10 +525,17 @@ class EDGEPipeline(StableDiffusionPipeline):
     ) -> _Plan:
         """Checks or starts the set in `output_dir` (main process), then every process reads the same plan."""
         has_manifest = (output_dir / layout.MANIFEST_NAME).is_file()
-        if resume and has_manifest:
-            _check_manifest(output_dir, manifest)  # every process raises the same error, so none waits forever
+        # every process checks the folder as it was and raises the same error, so none waits forever
+        _check_output_dir(output_dir, has_manifest)
+        if has_manifest:
+            old = layout.read_manifest(output_dir)
+            if resume:
+                _check_manifest(output_dir, old, manifest)  # the files themselves are checked by finished_shards
+            else:
+                layout.check_owned(output_dir, layout.run_id(old), "discard the set (resume=False)")
+        state.wait_for_everyone()
         if state.is_main_process:
-            if not resume:
+            if has_manifest and not resume:
                 _clear_set(output_dir)
             shutil.rmtree(output_dir / layout.TMP_DIR, ignore_errors=True)  # partial shards of a killed run
             if not (resume and has_manifest):
@@ -528,7 +593,7 @@ class EDGEPipeline(StableDiffusionPipeline):
                 rows = self._make_rows(items[shard], plan, manifest, caption_fn, report, start, callback, bar)
                 tick = time.perf_counter()
                 path = layout.shard_path(output_dir, shard, num_shards)
-                layout.write_shard(rows, path, output_dir / layout.TMP_DIR)
+                layout.write_shard(rows, path, output_dir / layout.TMP_DIR, run=layout.run_id(manifest))
                 report.writing_s += time.perf_counter() - tick
                 if callback is not None:
                     callback(replace(report, event="shard", last_indices=[]))
@@ -594,7 +659,8 @@ class EDGEPipeline(StableDiffusionPipeline):
 
     def _finish(self, output_dir: Path, manifest: dict[str, Any], license: str) -> None:
         num_shards = math.ceil(manifest["num_images"] / manifest["shard_size"])
-        missing = set(range(num_shards)) - layout.finished_shards(output_dir, num_shards)
+        run = layout.run_id(manifest)
+        missing = set(range(num_shards)) - layout.finished_shards(output_dir, num_shards, run)
         if missing:
             raise RuntimeError(f"Shards {sorted(missing)} of {str(output_dir)!r} were not written by any process.")
         import diffusers
@@ -621,7 +687,7 @@ class EDGEPipeline(StableDiffusionPipeline):
             "diffusers_edge_version": __version__,
             "diffusers_version": diffusers.__version__,
         }
-        layout.write_card(output_dir, metadata, license=license)
+        layout.write_card(output_dir, metadata, license=license, run=run)
         shutil.rmtree(output_dir / layout.TMP_DIR, ignore_errors=True)
 
     def _component_name(self, name: str) -> str | None:

@@ -32,6 +32,8 @@ import os
 import random
 import re
 import shutil
+import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ from safetensors.torch import load_file, save_file
 
 from .data.format import check_captions
 from .losses import DEFAULT_TEMPERATURE, bidirectional_contrastive_loss, caption_group_ids, diversity_loss
+from .paths import check_model_reference
 from .process_logging import set_library_verbosity
 
 logger = get_logger(__name__)
@@ -55,6 +58,10 @@ logger = get_logger(__name__)
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 DIFFFIT_WEIGHT_NAME = "difffit_weights.safetensors"
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+PARTIAL_SUFFIX = ".partial"
+# the files accelerate's `save_state` writes for one optimizer and one scheduler
+CHECKPOINT_STATE_FILES = ("optimizer.bin", "scheduler.bin")
 # The attention projections that diffusers' own LoRA scripts adapt (REFERENCE.md section 4).
 LORA_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
 # What the CLIP losses can be computed on (EDGELossConfig.clip_inputs, --clip_loss_inputs).
@@ -656,6 +663,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}.")
     if args.denoise_weight == args.contrastive_weight == args.diversity_weight == 0:
         raise ValueError("all loss weights are 0: nothing would be trained.")
+    if not math.isfinite(args.learning_rate) or args.learning_rate <= 0:
+        raise ValueError(f"--learning_rate must be a positive finite number, got {args.learning_rate}.")
     if args.temperature <= 0:
         raise ValueError(f"--temperature must be positive, got {args.temperature}.")
     if not 0 <= args.caption_dropout < 1:
@@ -956,6 +965,19 @@ def difffit_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return chosen
 
 
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Raises `FloatingPointError` naming the first tensor with a NaN or infinite value (nothing is written).
+
+    Example:
+        >>> check_finite({"w": torch.ones(2)}, "edge-lora")
+    """
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise FloatingPointError(
+                f"Refusing to write {where!r}: weight {name!r} holds NaN or infinite values (the training diverged)."
+            )
+
+
 def save_lora(unet: torch.nn.Module, save_directory: str | Path) -> Path:
     """Writes the UNet's LoRA in diffusers format, with the adapter metadata so `lora_alpha` survives reload.
 
@@ -968,6 +990,7 @@ def save_lora(unet: torch.nn.Module, save_directory: str | Path) -> Path:
     from peft.utils import get_peft_model_state_dict
 
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    check_finite(state, str(save_directory))
     metadata = unet.peft_config["default"].to_dict()
     StableDiffusionPipeline.save_lora_weights(
         save_directory, unet_lora_layers=state, unet_lora_adapter_metadata=metadata, safe_serialization=True
@@ -991,6 +1014,7 @@ def load_lora_into_unet(unet: torch.nn.Module, directory: str | Path) -> None:
 def save_difffit(unet: torch.nn.Module, path: str | Path, base_model: str) -> Path:
     """Writes the DiffFit parameters (biases and norms) to a safetensors file keyed by UNet parameter name."""
     tensors = {name: p.detach().cpu().contiguous() for name, p in difffit_parameters(unet).items()}
+    check_finite(tensors, str(path))
     save_file(tensors, str(path), metadata={"format": "pt", "finetune": "difffit", "base_model": base_model})
     return Path(path)
 
@@ -1035,11 +1059,86 @@ class TrainingResult:
     last_logs: dict[str, float]
 
 
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why `folder` is not a complete, readable checkpoint (naming the file), or None if it is.
+
+    A checkpoint holds the trainable weights and accelerate's optimizer and scheduler states. The zip archives torch
+    writes and the safetensors files are checked for truncation and damage without unpickling anything.
+
+    Example:
+        >>> checkpoint_problem("edge-lora/checkpoint-500") is None
+        True
+    """
+    folder = Path(folder)
+    if folder.name.endswith(PARTIAL_SUFFIX):
+        return "a save that did not finish"
+    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    weights = names & {LORA_WEIGHT_NAME, DIFFFIT_WEIGHT_NAME}
+    missing = [] if weights else [f"{LORA_WEIGHT_NAME} or {DIFFFIT_WEIGHT_NAME}"]
+    missing += [name for name in CHECKPOINT_STATE_FILES if name not in names]
+    if missing:
+        return f"incomplete: no {', '.join(missing)}"
+    for name in sorted(names):
+        path = folder / name
+        try:
+            if name.endswith(".safetensors"):
+                load_file(str(path))
+            elif name.endswith(".bin"):
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise zipfile.BadZipFile(f"member {bad!r} fails its CRC check")
+        except Exception as error:  # safetensors and zipfile raise several types for damaged files
+            return f"{name} is damaged ({type(error).__name__}: {error})"
+    return None
+
+
+def list_checkpoints(output_dir: str | Path) -> tuple[list[Path], list[str]]:
+    """The complete `checkpoint-N` folders of `output_dir` by step, and a note for each `checkpoint-*` left out.
+
+    Example:
+        >>> complete, skipped = list_checkpoints("edge-lora")
+        >>> [p.name for p in complete], skipped
+        (['checkpoint-500', 'checkpoint-1000'], ['checkpoint-1500.partial (a save that did not finish)'])
+    """
+    output_dir = Path(output_dir)
+    complete, skipped = [], []
+    folders = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
+    for folder in folders:
+        problem = checkpoint_problem(folder)
+        if problem is None and not CHECKPOINT_PATTERN.match(folder.name):
+            problem = "not named checkpoint-<step>, so its step is unknown"
+        if problem is None:
+            complete.append(folder)
+        else:
+            skipped.append(f"{folder.name} ({problem})")
+    complete.sort(key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+    return complete, skipped
+
+
+def checkpoint_step(folder: str | Path, flag: str = "--resume_from_checkpoint") -> int:
+    """The optimiser step a `checkpoint-N` folder was saved at (`ValueError` naming the folder otherwise).
+
+    Example:
+        >>> checkpoint_step("edge-lora/checkpoint-500")
+        500
+    """
+    match = CHECKPOINT_PATTERN.match(Path(folder).name)
+    if match is None:
+        raise ValueError(
+            f"{flag} {str(folder)!r}: a checkpoint folder must be named checkpoint-<step> (the step the run resumes "
+            "at is read from its name); rename it, e.g. to checkpoint-500."
+        )
+    return int(match.group(1))
+
+
 def resolve_checkpoint(resume: str | None, output_dir: str | Path) -> Path | None:
     """The checkpoint folder `--resume_from_checkpoint` names; `None` for a fresh start.
 
-    `latest` picks the highest `checkpoint-N` in `output_dir` (or `None` if there is none); any other value is a
-    folder (absolute, or relative to `output_dir`) and must exist.
+    `latest` picks the highest complete `checkpoint-N` in `output_dir` (or `None` if there is none); folders it
+    skips (a save interrupted by a kill, a damaged file, a name without a step) are named in a warning. Any other
+    value is a folder (absolute, or relative to `output_dir`) that must exist, be named `checkpoint-N` and be
+    complete; otherwise `ValueError` / `FileNotFoundError` names the problem before any model is loaded.
 
     Example:
         >>> resolve_checkpoint(None, "edge-lora") is None
@@ -1049,19 +1148,44 @@ def resolve_checkpoint(resume: str | None, output_dir: str | Path) -> Path | Non
         return None
     output_dir = Path(output_dir)
     if resume == "latest":
-        found = (
-            sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-            if output_dir.is_dir()
-            else []
-        )
-        return found[-1] if found else None
+        complete, skipped = list_checkpoints(output_dir)
+        if skipped:
+            chosen = f"resuming from {complete[-1].name}" if complete else "starting a new run"
+            warnings.warn(
+                f"--resume_from_checkpoint latest skipped {'; '.join(skipped)} in {str(output_dir)!r}; {chosen}.",
+                stacklevel=2,
+            )
+        return complete[-1] if complete else None
     for candidate in (Path(resume), output_dir / resume):
         if candidate.is_dir():
+            checkpoint_step(candidate)
+            problem = checkpoint_problem(candidate)
+            if problem is not None:
+                raise ValueError(
+                    f"--resume_from_checkpoint {str(candidate)!r} cannot be resumed from: {problem}. Resume from an "
+                    "earlier checkpoint (or `latest`, which skips such folders)."
+                )
             return candidate
     raise FileNotFoundError(
         f"--resume_from_checkpoint {resume!r} is neither a folder nor a folder inside "
         f"--output_dir {str(output_dir)!r}."
     )
+
+
+def check_model_flags(args: argparse.Namespace) -> None:
+    """Checks the model flags before anything loads: the paths exist (or are Hub ids) and the CLIP model is a
+    dual image-text encoder (its config has `text_config` and `vision_config`), not e.g. a BERT."""
+    from transformers import AutoConfig
+
+    check_model_reference(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path")
+    check_model_reference(args.clip_model_name_or_path, "--clip_model_name_or_path")
+    config = AutoConfig.from_pretrained(args.clip_model_name_or_path, cache_dir=args.cache_dir)
+    if not (hasattr(config, "text_config") and hasattr(config, "vision_config")):
+        raise ValueError(
+            f"--clip_model_name_or_path {args.clip_model_name_or_path!r} is a {config.model_type!r} model "
+            f"({', '.join(config.architectures or [])}), not a dual image-text encoder; EDGE's contrastive and "
+            "diversity losses need one such as CLIPModel (e.g. openai/clip-vit-base-patch32)."
+        )
 
 
 def _check_resolution(args: argparse.Namespace, vae: Any) -> None:
@@ -1119,6 +1243,7 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
     from tqdm.auto import tqdm
 
     check_args(args)
+    check_model_flags(args)
     output_dir = Path(args.output_dir)
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
     accelerator = Accelerator(
@@ -1213,8 +1338,14 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
     )
     global_step = 0
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        global_step = int(checkpoint.name.split("-")[1])
+        try:
+            accelerator.load_state(str(checkpoint))
+        except Exception as error:  # torch, pickle and safetensors raise many types for a damaged or foreign state
+            raise RuntimeError(
+                f"checkpoint {str(checkpoint)!r} could not be loaded ({type(error).__name__}: {error}); resume from "
+                "an earlier checkpoint, or check that it was saved with the same flags (--finetune, --rank, ...)."
+            ) from error
+        global_step = checkpoint_step(checkpoint)
         logger.info("resumed from %s at step %d", checkpoint, global_step)
     elif args.resume_from_checkpoint == "latest":
         logger.info("no checkpoint in %s: starting a new run", output_dir)
@@ -1231,6 +1362,7 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
     )
     logs: dict[str, float] = {}
     meter = AccumulatedLoss()
+    trainable = [(name, p) for name, p in accelerator.unwrap_model(unet).named_parameters() if p.requires_grad]
     for epoch in range(first_epoch, num_epochs):
         unet.train()
         sampler.set_epoch(epoch)
@@ -1254,6 +1386,7 @@ def train(args: argparse.Namespace, dataset: datasets.Dataset | None = None) -> 
             global_step += 1
             progress.update(1)
             logs = meter.logs(accelerator, lr_scheduler.get_last_lr()[0])
+            check_training_finite(logs, trainable, global_step, output_dir)
             progress.set_postfix(loss=f"{logs['loss']:.4f}", L_C=f"{logs['loss_contrastive']:.3f}")
             accelerator.log(logs, step=global_step)
             if global_step % args.checkpointing_steps == 0:
@@ -1386,14 +1519,50 @@ def _register_hooks(accelerator: Any, args: argparse.Namespace) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
+def check_training_finite(
+    logs: dict[str, float], trainable: list[tuple[str, torch.Tensor]], step: int, output_dir: Path
+) -> None:
+    """Stops training with `FloatingPointError` when a loss term or a trainable weight is NaN or infinite.
+
+    `logs` are the step's losses averaged over processes and the weights are the same on every process, so every
+    process raises together. The error names the step and the loss term; nothing of this step is saved.
+    """
+    terms = ("loss", "loss_denoise", "loss_contrastive", "loss_diversity")
+    bad = [f"{name}={logs[name]}" for name in terms if not math.isfinite(logs[name])]
+    weights = [name for name, p in trainable if not torch.isfinite(p).all()]
+    if not bad and not weights:
+        return
+    what = f"the loss is not finite ({', '.join(bad)})" if bad else f"weight {weights[0]!r} is not finite"
+    if bad and weights:
+        what += f" and {len(weights)} weight(s) are, e.g. {weights[0]!r}"
+    complete, _ = list_checkpoints(output_dir)
+    last = f"the last checkpoint (finite weights) is {str(complete[-1])!r}" if complete else "no checkpoint was saved"
+    raise FloatingPointError(
+        f"Training diverged at step {step}: {what}. No weights of this run were written from this step on; {last}. "
+        "Lower --learning_rate (or --max_grad_norm), or check the data."
+    )
+
+
 def _save_checkpoint(accelerator: Any, args: argparse.Namespace, output_dir: Path, step: int) -> None:
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        existing = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
-            logger.info("removing old checkpoint %s", old)
-            shutil.rmtree(old)
+    """Saves to `checkpoint-N.partial`, then renames it to `checkpoint-N`: a kill mid-save leaves no `checkpoint-N`
+    that `--resume_from_checkpoint latest` could pick (it skips the partial folder and says so)."""
+    final, partial = output_dir / f"checkpoint-{step}", output_dir / f"checkpoint-{step}{PARTIAL_SUFFIX}"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted save of the same step
+        if args.checkpoints_total_limit is not None:
+            existing, _ = list_checkpoints(output_dir)
+            for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
+                logger.info("removing old checkpoint %s", old)
+                shutil.rmtree(old)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(output_dir / f"checkpoint-{step}"))
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():  # an incomplete or earlier save of the same step (e.g. a run resumed from before it)
+            logger.info("replacing %s", final)
+            shutil.rmtree(final)
+        os.replace(partial, final)
+    accelerator.wait_for_everyone()
 
 
 def _validate(accelerator: Any, args: argparse.Namespace, models: dict, unet: Any, step: int) -> list[PIL.Image.Image]:

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 
 import datasets
@@ -65,7 +66,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_dataset_id:
         parser.error("--push_to_hub needs --hub_dataset_id user/name")
+    check_args(args)
     return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Raises naming the flag for values that cannot work, before any data or model is loaded.
+
+    Example:
+        >>> check_args(parse_args(["--pretrained_model_name_or_path", "sd", "--source", "shapes",
+        ...                        "--num_pairs", "10", "--output_dir", "out"]))
+    """
+    from ..paths import check_model_reference
+
+    for name in ("num_pairs", "captions_per_image", "batch_size", "shard_size", "num_inference_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}.")
+    if not math.isfinite(args.guidance_scale):
+        raise ValueError(f"--guidance_scale must be a finite number, got {args.guidance_scale}.")
+    models = {
+        "--pretrained_model_name_or_path": args.pretrained_model_name_or_path,
+        "--lora": args.lora,
+        "--captioner": args.captioner,
+        "--clip_model": args.clip_model if args.selection != "random" else None,
+    }
+    for flag, value in models.items():
+        if value is not None:
+            check_model_reference(value, flag)
 
 
 def load_training_source(args: argparse.Namespace) -> datasets.Dataset:

@@ -123,11 +123,38 @@ def load_split(source: str, split: str, args: argparse.Namespace) -> datasets.Da
     return load_source(source, split=split or None)  # "" = a source with one split (e.g. a saved Dataset)
 
 
+def check_distilled_folder(spec: str) -> None:
+    """Refuses an unfinished or mixed distilled-set folder, as `load_distilled` does (card, whole shard series,
+    and for a folder `distill` wrote, only the files its run recorded, unchanged). Other specs pass through."""
+    from ..data.distilled import DATA_DIR, MANIFEST_NAME, SPLIT, check_complete
+
+    path = Path(spec)
+    if not path.is_dir() or (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        return
+    if (path / MANIFEST_NAME).is_file() or any((path / DATA_DIR).glob(f"{SPLIT}-*.parquet")):
+        try:
+            check_complete(path)
+        except ValueError as error:
+            raise ValueError(f"--distilled {spec!r} is not a finished distilled set: {error}") from error
+
+
+def check_model_flags(args: argparse.Namespace) -> None:
+    """Names a model flag that points at nothing before any data or model is loaded."""
+    from ..paths import check_model_reference
+
+    check_model_reference(args.text_encoder, "--text_encoder")
+    if args.image_encoder_checkpoint is not None and not Path(args.image_encoder_checkpoint).is_file():
+        raise FileNotFoundError(f"--image_encoder_checkpoint {args.image_encoder_checkpoint!r} is not a file.")
+    if args.baseline not in (None, "random", "full"):
+        check_model_reference(args.clip_model, "--clip_model")
+
+
 def training_set(args: argparse.Namespace) -> tuple[str, datasets.Dataset | Callable[[int], datasets.Dataset]]:
     """(table label, the training set or a function of the seed returning it) for the parsed flags."""
     if args.distilled is not None:
         from ..data.sources import load_source
 
+        check_distilled_folder(args.distilled)
         distilled = load_source(args.distilled, split=args.distilled_split)
         return args.label or str(args.distilled), distilled
     from ..coreset import embed_pool, select_coreset
@@ -169,6 +196,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
 
     from ..evaluation.trainer import evaluate_dataset, protocol_config, results_table
 
+    check_model_flags(args)
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     started = time.perf_counter()

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -44,6 +45,7 @@ import pyarrow.parquet as pq
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
+from ..paths import read_annotation_text, resolve_inside
 from .format import CAPTIONS_COLUMN, IMAGE_COLUMN, IMAGE_ID_COLUMN, NORMALIZED_FEATURES, check_captions
 
 PROMPT_COLUMN = "prompt"
@@ -65,6 +67,7 @@ CARD_NAME = "README.md"
 MANIFEST_NAME = "edge_manifest.json"
 PLAN_NAME = "edge_plan.json"
 TMP_DIR = ".edge_tmp"
+RECORDS_DIR = "edge_records"
 SHARD_GLOB = f"{DATA_DIR}/{SPLIT}-*.parquet"
 _SHARD_RE = re.compile(rf"^{SPLIT}-(\d{{5}})-of-(\d{{5}})\.parquet$")
 
@@ -82,18 +85,117 @@ def shard_path(output_dir: str | os.PathLike, index: int, num_shards: int) -> Pa
     return Path(output_dir) / DATA_DIR / f"{SPLIT}-{index:05d}-of-{num_shards:05d}.parquet"
 
 
-def finished_shards(output_dir: str | os.PathLike, num_shards: int) -> set[int]:
-    """Indices of the shards of a `num_shards`-shard set that exist as complete files (they only appear by rename).
+def run_id(manifest: Mapping[str, Any]) -> str:
+    """The identity of a distill run: the SHA-256 of its manifest (every argument that shapes the set).
 
     Example:
-        >>> finished_shards("a-folder-that-does-not-exist", 4)
+        >>> len(run_id({"seed": 0, "num_pairs": 10}))
+        64
+    """
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB blocks).
+
+    Example:
+        >>> file_sha256("out/data/train-00000-of-00001.parquet")[:8]
+        '3f1c0a9e'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _record_path(output_dir: Path, name: str) -> Path:
+    return output_dir / RECORDS_DIR / f"{name}.json"
+
+
+def write_record(output_dir: str | os.PathLike, name: str, file: str | os.PathLike, run: str) -> None:
+    """Records, atomically in `output_dir/edge_records/<name>.json`, that run `run` wrote `name` with `file`'s bytes.
+
+    Written before the file is renamed to `name`, so a file at a shard's name without a matching record was not
+    written by distill (or changed since).
+
+    Example:
+        >>> write_record("out", "train-00000-of-00001.parquet", "out/.edge_tmp/train-00000.partial", run_id(manifest))
+    """
+    output_dir = Path(output_dir)
+    record = _record_path(output_dir, name)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.partial")
+    tmp.write_text(json.dumps({"file": name, "sha256": file_sha256(file), "run": run}), encoding="utf-8")
+    os.replace(tmp, record)
+
+
+def ownership_problem(output_dir: str | os.PathLike, path: str | os.PathLike, run: str | None) -> str | None:
+    """Why `path` (a shard or the card of `output_dir`) does not count as written by run `run`; None if it does.
+
+    `run=None` accepts the record of any run. The file's bytes must match the SHA-256 recorded when it was written.
+
+    Example:
+        >>> ownership_problem("out", "out/data/train-00000-of-00001.parquet", run_id(manifest)) is None
+        True
+    """
+    output_dir, path = Path(output_dir), Path(path)
+    record_file = _record_path(output_dir, path.name)
+    if not record_file.is_file():
+        return f"{str(path)!r} was not written by distill ({RECORDS_DIR}/ holds no record of it)"
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        recorded_hash, recorded_run = record["sha256"], record["run"]
+    except (ValueError, KeyError, TypeError):
+        return f"{str(path)!r} has a damaged record {str(record_file)!r}"
+    if run is not None and recorded_run != run:
+        return f"{str(path)!r} was written by a distill run with other arguments"
+    if file_sha256(path) != recorded_hash:
+        return f"{str(path)!r} changed since distill wrote it (its SHA-256 no longer matches the record)"
+    return None
+
+
+def set_files(output_dir: str | os.PathLike) -> list[Path]:
+    """The files of `output_dir` that a distilled set consists of: its card and every `data/train-*.parquet`.
+
+    Example:
+        >>> [p.name for p in set_files("flickr-edge-500")]
+        ['README.md', 'train-00000-of-00001.parquet']
+    """
+    output_dir = Path(output_dir)
+    card = [output_dir / CARD_NAME] if (output_dir / CARD_NAME).exists() else []
+    return card + sorted((output_dir / DATA_DIR).glob(f"{SPLIT}-*.parquet"))
+
+
+def check_owned(output_dir: str | os.PathLike, run: str | None, action: str) -> None:
+    """Raises `ValueError` naming every card or shard file in `output_dir` that run `run` did not write.
+
+    `action` says what distill was about to do (it never overwrites or deletes a file it did not write).
+
+    Example:
+        >>> check_owned("flickr-edge-500", run_id(manifest), "resume the set")
+    """
+    problems = [p for p in (ownership_problem(output_dir, f, run) for f in set_files(output_dir)) if p]
+    if problems:
+        listed = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ValueError(
+            f"Cannot {action} in {str(output_dir)!r}: {listed}. distill never overwrites or deletes files it did not "
+            "write: move them away (or delete them yourself) and run again, or choose another output_dir."
+        )
+
+
+def finished_shards(output_dir: str | os.PathLike, num_shards: int, run: str) -> set[int]:
+    """Indices of the shards of a `num_shards`-shard set that run `run` finished (recorded, bytes unchanged).
+
+    Raises `ValueError` naming any shard or card file in the folder that the run did not write.
+
+    Example:
+        >>> finished_shards("a-folder-that-does-not-exist", 4, run_id(manifest))
         set()
     """
-    data = Path(output_dir) / DATA_DIR
-    if not data.is_dir():
-        return set()
+    check_owned(output_dir, run, "resume the set")
     done = set()
-    for path in data.iterdir():
+    for path in set_files(output_dir):
         match = _SHARD_RE.match(path.name)
         if match and int(match.group(2)) == num_shards:
             done.add(int(match.group(1)))
@@ -112,7 +214,9 @@ def encode_png(image: PIL.Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def write_shard(rows: Mapping[str, Sequence[Any]], path: str | os.PathLike, tmp_dir: str | os.PathLike) -> Path:
+def write_shard(
+    rows: Mapping[str, Sequence[Any]], path: str | os.PathLike, tmp_dir: str | os.PathLike, run: str | None = None
+) -> Path:
     """Writes one shard of distilled rows to Parquet atomically: into `tmp_dir` first, then `os.replace` to `path`.
 
     A reader (or a resumed run) therefore sees either no file or the complete shard, never a partial one.
@@ -121,6 +225,8 @@ def write_shard(rows: Mapping[str, Sequence[Any]], path: str | os.PathLike, tmp_
         rows: columns of `DISTILLED_FEATURES`; `image` holds PIL images or PNG bytes.
         path: the final shard path (see `shard_path`).
         tmp_dir: a folder on the same file system as `path` for the file being written.
+        run: the writing run's `run_id`; when given, the shard's SHA-256 is recorded (`write_record`) before the
+            rename, so a resumed run knows the file is its own.
 
     Returns:
         `path`.
@@ -144,6 +250,8 @@ def write_shard(rows: Mapping[str, Sequence[Any]], path: str | os.PathLike, tmp_
     tmp = tmp_dir / f"{path.name}.{os.getpid()}.partial"
     table = datasets.Dataset.from_dict(columns, features=DISTILLED_FEATURES).data.table
     pq.write_table(table, tmp)
+    if run is not None:
+        write_record(path.parent.parent, path.name, tmp, run)
     os.replace(tmp, path)
     return path
 
@@ -197,6 +305,7 @@ def write_card(
     metadata: Mapping[str, Any],
     pretty_name: str | None = None,
     license: str = "other",
+    run: str | None = None,
 ) -> Path:
     """Writes the `README.md` dataset card of a distilled set: YAML `configs:` for `load_dataset` + `metadata`.
 
@@ -211,6 +320,7 @@ def write_card(
         pretty_name: the card's title (default: the folder name).
         license: the card's `license` (a Hub license id). The default `other` says that no single license covers the
             set: its images follow the generator's license and its captions the source data's terms.
+        run: the writing run's `run_id`; when given, the card's SHA-256 is recorded before it is renamed into place.
 
     Returns:
         The card's path.
@@ -247,7 +357,12 @@ def write_card(
         settings_table=table,
     )
     path = output_dir / CARD_NAME
-    card.save(path)
+    tmp = output_dir / TMP_DIR / f"{CARD_NAME}.{os.getpid()}.partial"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    card.save(tmp)
+    if run is not None:
+        write_record(output_dir, CARD_NAME, tmp, run)
+    os.replace(tmp, path)
     return path
 
 
@@ -295,7 +410,7 @@ def _dataset_info(shards: list[Path]) -> datasets.DatasetInfo:
     card's `dataset_info` and `configs` (not the data files' times), so a set regenerated in the same folder with
     the same card would otherwise be served from the stale cache. The byte sizes change with the content.
     """
-    num_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    num_rows = sum(parquet_file(p).metadata.num_rows for p in shards)
     size = sum(p.stat().st_size for p in shards)
     info = datasets.DatasetInfo(
         features=DISTILLED_FEATURES,
@@ -317,8 +432,25 @@ def read_card_metadata(output_dir: str | os.PathLike) -> dict[str, Any]:
     return dict(card.data.to_dict().get("distillation") or {})
 
 
+def parquet_file(path: str | os.PathLike) -> pq.ParquetFile:
+    """`pyarrow.parquet.ParquetFile(path)`, raising `ValueError` naming the file if it is not readable Parquet.
+
+    Example:
+        >>> parquet_file("flickr-edge-500/data/train-00000-of-00001.parquet").metadata.num_rows
+        250
+    """
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError) or OSError
+        raise ValueError(f"Shard {str(path)!r} is not a readable Parquet file ({error}).") from error
+
+
 def check_complete(output_dir: str | os.PathLike) -> list[Path]:
     """Returns the shard paths of a finished distilled set, or raises `ValueError` saying what is missing.
+
+    A finished set has its card and the whole `train-i-of-N` series of readable Parquet shards. A folder that
+    `distill` wrote (it holds `edge_manifest.json`) must moreover hold only the files that run recorded, unchanged:
+    a shard of another run or a damaged one is named.
 
     Example:
         >>> [p.name for p in check_complete("flickr-edge-500")]
@@ -327,7 +459,29 @@ def check_complete(output_dir: str | os.PathLike) -> list[Path]:
     output_dir = Path(output_dir)
     if not (output_dir / CARD_NAME).is_file():
         raise ValueError(f"{str(output_dir)!r} has no {CARD_NAME}: it is not a finished distilled set.")
-    return _all_shards(output_dir)
+    shards = _all_shards(output_dir)
+    if (output_dir / MANIFEST_NAME).is_file():
+        check_owned(output_dir, run_id(read_manifest(output_dir)), "read the set")
+    for shard in shards:
+        parquet_file(shard)
+    return shards
+
+
+def read_manifest(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """The arguments a distill run recorded in `output_dir/edge_manifest.json` (`ValueError` naming it if damaged).
+
+    Example:
+        >>> read_manifest("flickr-edge-500")["num_pairs"]
+        500
+    """
+    path = Path(output_dir) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is damaged ({error}); delete the set or choose another folder.") from error
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{str(path)!r} is damaged (not a JSON object).")
+    return manifest
 
 
 def _all_shards(output_dir: Path) -> list[Path]:
@@ -352,10 +506,12 @@ class DistilledConfig(datasets.BuilderConfig):
     Attributes:
         data_path: a distilled-set folder (our layout) or a flat EDGE/LoRS/BLIP JSON file.
         image_root: the folder the JSON records' `image` paths are relative to (default: the JSON file's folder).
+        allow_outside_root: let JSON records name images outside `image_root` (refused by default).
     """
 
     data_path: str | None = None
     image_root: str | None = None
+    allow_outside_root: bool = False
 
 
 class DistilledBuilder(datasets.GeneratorBasedBuilder):
@@ -384,7 +540,8 @@ class DistilledBuilder(datasets.GeneratorBasedBuilder):
         path = Path(self.config.data_path)
         if path.is_file() and path.suffix == ".json":
             root = Path(self.config.image_root) if self.config.image_root else path.parent
-            kwargs = {"json_rows": _flat_json_rows(path, root)}  # read eagerly: errors reach the caller as they are
+            # read eagerly: errors reach the caller as they are
+            kwargs = {"json_rows": _flat_json_rows(path, root, self.config.allow_outside_root)}
         elif path.is_dir():
             kwargs = {"shards": [str(p) for p in check_complete(path)]}
         else:
@@ -402,18 +559,26 @@ class DistilledBuilder(datasets.GeneratorBasedBuilder):
 
 def _parquet_rows(shards: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     for shard in shards:
-        for batch in pq.ParquetFile(shard).iter_batches(batch_size=64):
+        for batch in parquet_file(shard).iter_batches(batch_size=64):
             for row in batch.to_pylist():
                 key = f"{Path(shard).name}:{row[IMAGE_ID_COLUMN]}"
                 yield key, {name: row.get(name) for name in DISTILLED_FEATURES}
 
 
-def _flat_json_rows(json_path: Path, image_root: Path) -> list[dict[str, Any]]:
-    """The records of a flat JSON file grouped into one row per image (first-seen order), checked."""
-    records = json.loads(json_path.read_text(encoding="utf-8"))
+def _flat_json_rows(json_path: Path, image_root: Path, allow_outside_root: bool) -> list[dict[str, Any]]:
+    """The records of a flat JSON file grouped into one row per image (first-seen order), checked.
+
+    Image paths must resolve inside `image_root` (unless `allow_outside_root`); the images' bytes are embedded, so
+    the loaded set no longer refers to files on disk (and exporting it reads nothing else).
+    """
+    try:
+        records = json.loads(read_annotation_text(json_path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{str(json_path)!r} is not valid JSON: {error}.") from error
     if not isinstance(records, list):
         raise ValueError(f"{str(json_path)!r} must hold a JSON list of {{image, caption, image_id}} records.")
     grouped: dict[str, dict[str, Any]] = {}
+    owners: dict[Path, str] = {}
     for i, record in enumerate(records):
         where = f"{json_path.name} record {i}"
         if not isinstance(record, dict) or "image" not in record or "caption" not in record:
@@ -421,7 +586,12 @@ def _flat_json_rows(json_path: Path, image_root: Path) -> list[dict[str, Any]]:
         captions = record["caption"] if isinstance(record["caption"], list) else [record["caption"]]
         captions = check_captions(captions, record=where)
         image_id = str(record.get("image_id", record["image"]))
-        image = (image_root / record["image"]).resolve()
+        image = resolve_inside(image_root, record["image"], where, allow_outside_root)
+        if owners.setdefault(image, image_id) != image_id:
+            raise ValueError(
+                f"{where}: image file {str(image)!r} is already image_id {owners[image]!r}; one image under two ids "
+                "would count as two different images."
+            )
         row = grouped.setdefault(image_id, {"image": image, "captions": [], "where": where})
         if row["image"] != image:
             raise ValueError(f"{where}: image_id {image_id!r} names {str(image)!r} but earlier {str(row['image'])!r}.")
@@ -431,7 +601,7 @@ def _flat_json_rows(json_path: Path, image_root: Path) -> list[dict[str, Any]]:
         if not row["image"].is_file():
             raise FileNotFoundError(f"{row['where']}: image file {str(row['image'])!r} does not exist.")
         out.append({
-            IMAGE_COLUMN: str(row["image"]),
+            IMAGE_COLUMN: {"bytes": row["image"].read_bytes(), "path": None},
             CAPTIONS_COLUMN: row["captions"],
             IMAGE_ID_COLUMN: image_id,
             PROMPT_COLUMN: None,
@@ -449,6 +619,7 @@ def load_distilled(
     split: str = SPLIT,
     image_root: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    allow_outside_root: bool = False,
     **load_kwargs: Any,
 ) -> datasets.Dataset:
     """Loads a distilled set: a local folder in our layout, a flat EDGE/LoRS/BLIP JSON file, or a Hub repo id.
@@ -458,6 +629,8 @@ def load_distilled(
         split: the split of a Hub repository (our sets have only `train`).
         image_root: for a JSON file, the folder its image paths are relative to.
         cache_dir: where `datasets` keeps its Arrow cache.
+        allow_outside_root: for a JSON file, accept image paths that lead outside `image_root` (`..`, absolute
+            paths, symlinks); refused by default, naming the record.
         **load_kwargs: passed to `datasets.load_dataset` for a Hub repository (e.g. `revision`, `token`).
 
     Returns:
@@ -472,6 +645,7 @@ def load_distilled(
         builder = DistilledBuilder(
             data_path=str(path.resolve()),
             image_root=str(Path(image_root).resolve()) if image_root else None,
+            allow_outside_root=allow_outside_root,
             cache_dir=str(cache_dir) if cache_dir else None,
         )
         # rebuilt on every call: the builder's cache key is the path, and a folder or file can be regenerated in place
@@ -520,10 +694,16 @@ def to_flat_pairs(dataset: datasets.Dataset) -> datasets.Dataset:
     return flat.cast_column(IMAGE_COLUMN, datasets.Image())
 
 
-def _image_bytes(value: dict[str, Any]) -> bytes:
+def _image_bytes(value: dict[str, Any], image_root: Path | None, allow_outside_root: bool, record: str) -> bytes:
+    """A cell's embedded bytes, or its file's bytes when that file lies under `image_root` (or anywhere if allowed)."""
     if value.get("bytes"):
         return value["bytes"]
-    return Path(value["path"]).read_bytes()
+    if image_root is None and not allow_outside_root:
+        raise ValueError(
+            f"{record} stores its image by path only ({value['path']!r}); pass image_root= (the folder such files "
+            "must lie in) or allow_outside_root=True, so that export never copies a file from elsewhere."
+        )
+    return resolve_inside(image_root or "/", value["path"], record, allow_outside_root).read_bytes()
 
 
 def _image_suffix(data: bytes) -> str:
@@ -550,6 +730,8 @@ def export_blip_json(
     benchmark: str = "flickr30k",
     json_name: str | None = None,
     image_folder: str = "images",
+    image_root: str | os.PathLike | None = None,
+    allow_outside_root: bool = False,
 ) -> Path:
     """Writes the flat EDGE/LoRS/BLIP JSON form: one record per (image, caption) pair + an image folder.
 
@@ -564,6 +746,10 @@ def export_blip_json(
     * `"edge"`: `flickr30k_train.json` or `coco_train.json`; `image` = `000000.png`, relative to
       `output_dir/images`. EDGE's `evaluation/evaluation.py` reads it with `--distill_ann output_dir`.
 
+    Images embedded in the dataset (our sets, Hub sets, JSON loaded by `load_distilled`) are written as they are.
+    An image stored only by a path is copied only if that file lies under `image_root`, so a folder meant for
+    sharing never receives a file from elsewhere; `allow_outside_root=True` lifts this.
+
     Args:
         dataset: a distilled set (columns `image`, `captions`, `image_id`).
         output_dir: the folder to write.
@@ -571,6 +757,8 @@ def export_blip_json(
         benchmark: `"flickr30k"` or `"coco"`: the peers name the file after the benchmark (`"lors"`, `"edge"`).
         json_name: the file name of the `"blip"` layout; the presets fix theirs.
         image_folder: the image sub-folder (`"blip"`, `"lors"`); EDGE's code always reads `images`.
+        image_root: the folder that images stored only by a path must lie under to be copied.
+        allow_outside_root: copy path-only images from anywhere.
 
     Returns:
         The JSON file's path.
@@ -586,7 +774,9 @@ def export_blip_json(
     raw = dataset.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
     records = []
     for index, row in enumerate(raw.select_columns([IMAGE_COLUMN, CAPTIONS_COLUMN, IMAGE_ID_COLUMN])):
-        data = _image_bytes(row[IMAGE_COLUMN])
+        data = _image_bytes(
+            row[IMAGE_COLUMN], Path(image_root) if image_root else None, allow_outside_root, f"row {index}"
+        )
         name = f"{index:06d}{_image_suffix(data)}"
         (output_dir / image_folder / name).write_bytes(data)
         for caption in check_captions(row[CAPTIONS_COLUMN], record=f"row {index} (image_id={row[IMAGE_ID_COLUMN]!r})"):

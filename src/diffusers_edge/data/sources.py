@@ -26,7 +26,9 @@ from typing import Any
 import datasets
 import PIL.Image
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from ..paths import read_annotation_text, resolve_inside
 from .format import (
     CAPTIONS_COLUMN,
     IMAGE_COLUMN,
@@ -94,14 +96,32 @@ def _prepared_captions(value: Any, record: str, preprocess: bool, max_words: int
 
 
 def _verify_image(path: Path, record: str) -> None:
-    """Raises if `path` is missing or is not an image PIL can identify (a cheap check: nothing is decoded)."""
+    """Raises if `path` is missing or is not an image PIL can read to its end.
+
+    `verify()` checks the structure (and a PNG's checksums) without decoding, but a JPEG cut short passes it and
+    would only fail when training reaches it. A complete JPEG ends with the end-of-image marker `FF D9` (ITU-T T.81,
+    B.2.1), so a JPEG whose last bytes (zero padding aside) are something else is decoded to be sure; other formats
+    than PNG and JPEG are decoded too.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{record}: image file {str(path)!r} does not exist.")
     try:
         with PIL.Image.open(path) as image:
+            image_format = image.format
             image.verify()
+        if image_format == "PNG" or (image_format == "JPEG" and _ends_with_jpeg_eoi(path)):
+            return
+        with PIL.Image.open(path) as image:
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))  # JPEG: decode at 1/8 scale
+            image.load()
     except Exception as error:  # PIL raises OSError, SyntaxError, struct.error, ... for broken files
         raise ValueError(f"{record}: image file {str(path)!r} cannot be read as an image ({error}).") from error
+
+
+def _ends_with_jpeg_eoi(path: Path) -> bool:
+    with open(path, "rb") as file:
+        file.seek(max(0, path.stat().st_size - 64))
+        return file.read().rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
 @dataclass
@@ -113,12 +133,29 @@ class _Entry:
 
 @dataclass
 class _LocalImages:
-    """Images on disk, grouped by image id in first-seen order, each with its captions in first-seen order."""
+    """Images on disk under `root`, grouped by image id in first-seen order, each with its captions in order.
 
+    Every path an annotation names is resolved (`..`, absolute paths, symlinks) and must stay inside `root` unless
+    `allow_outside_root`; one file may not appear under two image ids (it would count as two images).
+    """
+
+    root: Path
+    allow_outside_root: bool = False
     entries: dict[str, _Entry] = field(default_factory=dict)
+    owners: dict[Path, str] = field(default_factory=dict)
+    resolved: dict[str, Path] = field(default_factory=dict)
 
-    def add(self, image_id: str, path: Path, captions: list[str], record: str) -> None:
-        path = Path(os.path.normpath(path))  # absolute already (the root is resolved once); no syscall per record
+    def add(self, image_id: str, relative: str | os.PathLike, captions: list[str], record: str) -> None:
+        key = str(relative)
+        if key not in self.resolved:  # a train file names each image once per caption: resolve it once
+            self.resolved[key] = resolve_inside(self.root, relative, record, self.allow_outside_root)
+        path = self.resolved[key]
+        owner = self.owners.setdefault(path, image_id)
+        if owner != image_id:
+            raise ValueError(
+                f"{record}: image file {str(path)!r} is already image {owner!r} ({self.entries[owner].record}) but "
+                f"here has image_id {image_id!r}; one image under two ids would count as two different images."
+            )
         entry = self.entries.get(image_id)
         if entry is None:
             self.entries[image_id] = _Entry(path, list(captions), record)
@@ -155,9 +192,7 @@ def _split_names(split: str | Sequence[str]) -> set[str]:
     return {split} if isinstance(split, str) else set(split)
 
 
-def _add_blip_records(
-    images: _LocalImages, records: list, source: str, image_root: Path, preprocess: bool, max_words: int
-) -> None:
+def _add_blip_records(images: _LocalImages, records: list, source: str, preprocess: bool, max_words: int) -> None:
     """BLIP files: a train file has one record per caption, a val/test file one record per image (caption list)."""
     for index, row in enumerate(records):
         record = f"{source} record {index}"
@@ -165,14 +200,13 @@ def _add_blip_records(
         record = f"{record} (image {row['image']!r})"
         image_id = str(row["image_id"]) if row.get("image_id") is not None else Path(row["image"]).stem
         captions = _prepared_captions(row["caption"], record, preprocess, max_words)
-        images.add(image_id, image_root / row["image"], captions, record)
+        images.add(image_id, row["image"], captions, record)
 
 
 def _add_karpathy_images(
     images: _LocalImages,
     data: dict,
     source: str,
-    image_root: Path,
     split: str | Sequence[str] | None,
     preprocess: bool,
     max_words: int,
@@ -191,7 +225,7 @@ def _add_karpathy_images(
             _require_keys(sentence, ["raw"], f"{record} sentences[{number}]")
         captions = _prepared_captions([s["raw"] for s in row["sentences"]], record, preprocess, max_words)
         relative = Path(row.get("filepath") or "") / row["filename"]
-        images.add(Path(row["filename"]).stem, image_root / relative, captions, record)
+        images.add(Path(row["filename"]).stem, relative, captions, record)
     if wanted is not None and not wanted & present:
         raise ValueError(f"{source} has no images in split {sorted(wanted)}; its splits are {sorted(present)}.")
 
@@ -202,6 +236,7 @@ def load_karpathy_json(
     split: str | Sequence[str] | None = None,
     preprocess: bool = False,
     max_words: int = BLIP_MAX_WORDS,
+    allow_outside_root: bool = False,
 ) -> datasets.Dataset:
     """Loads a Karpathy-split annotation file into the normalized form.
 
@@ -217,7 +252,9 @@ def load_karpathy_json(
       "split", "sentences": [{"raw": ...}]}]}`; `split` selects images by their `split` field (one name or
       several; Karpathy's COCO train split is `["train", "restval"]`). The image id is the file name's stem.
 
-    Every image file is checked to exist and to open with PIL (`verify()`, nothing is decoded).
+    Every image path must resolve (after `..`, absolute paths and symlinks) inside `image_root`: an annotation file
+    from elsewhere cannot make the library read other files. Every image file is checked to exist and to read
+    with PIL to its end (a JPEG cut short is named here, not when training reaches it).
 
     Args:
         annotation_file: the JSON file.
@@ -226,14 +263,16 @@ def load_karpathy_json(
         split: for Karpathy's own files, the split name(s) to keep (`None` keeps all images).
         preprocess: apply `pre_caption` (BLIP's preprocessing, as the MTT-VL / LoRS / EDGE evaluation does).
         max_words: words kept by `pre_caption` when `preprocess` is set.
+        allow_outside_root: accept image paths that lead outside `image_root` (images kept elsewhere on purpose).
 
     Returns:
         A `datasets.Dataset` with features `NORMALIZED_FEATURES`, images stored by absolute path.
 
     Raises:
         FileNotFoundError: the annotation file or an image file is missing (the record is named).
-        ValueError: a record lacks a field, has no (or an empty) caption, names an unreadable image, or reuses an
-            image id for another file; the record is named.
+        ValueError: the file is not UTF-8 JSON, or a record lacks a field, has no (or an empty) caption, names an
+            unreadable image or one outside `image_root`, reuses an image id for another file or gives one file two
+            ids; the record is named.
 
     Example:
         >>> test = load_karpathy_json("annotations/flickr30k_test.json", "data/flickr30k", preprocess=True)
@@ -244,19 +283,19 @@ def load_karpathy_json(
     if not annotation_file.is_file():
         raise FileNotFoundError(f"Karpathy annotation file {str(annotation_file)!r} does not exist.")
     try:
-        data = json.loads(annotation_file.read_text(encoding="utf-8"))
+        data = json.loads(read_annotation_text(annotation_file))
     except json.JSONDecodeError as error:
         raise ValueError(f"{str(annotation_file)!r} is not valid JSON: {error}.") from error
-    source, image_root, images = str(annotation_file), Path(image_root).resolve(), _LocalImages()
+    source, images = str(annotation_file), _LocalImages(Path(image_root).resolve(), allow_outside_root)
     if isinstance(data, dict) and "images" in data:
-        _add_karpathy_images(images, data, source, image_root, split, preprocess, max_words)
+        _add_karpathy_images(images, data, source, split, preprocess, max_words)
     elif isinstance(data, list):
         if split is not None:
             raise ValueError(
                 f"{source} is a BLIP per-split file (a JSON list), so it holds one split already; "
                 f"split={split!r} applies only to Karpathy's dataset_<name>.json. Pass split=None."
             )
-        _add_blip_records(images, data, source, image_root, preprocess, max_words)
+        _add_blip_records(images, data, source, preprocess, max_words)
     else:
         raise ValueError(
             f"{source} is neither a BLIP annotation list nor Karpathy's {{'images': [...]}} file "
@@ -270,19 +309,21 @@ def load_imagefolder_source(
     caption_column: str = "caption",
     preprocess: bool = False,
     max_words: int = BLIP_MAX_WORDS,
+    allow_outside_root: bool = False,
 ) -> datasets.Dataset:
     """Loads an imagefolder with a `metadata.jsonl` (the layout of datasets' `imagefolder` builder).
 
     Each line of `<folder>/metadata.jsonl` is `{"file_name": "rel/path.png", "<caption_column>": "..." or
     ["...", ...]}`, the path relative to `folder`. The image id is the file name's stem; a file named on several
-    lines gets the captions of all of them, in order. Files that no line names are ignored. Every named file is
-    checked to exist and to open with PIL (`verify()`, nothing is decoded).
+    lines gets the captions of all of them, in order. Files that no line names are ignored. Every named file must
+    resolve inside `folder` (after `..` and symlinks) and is checked to exist and to read with PIL to its end.
 
     Args:
         folder: the folder holding `metadata.jsonl` and the images.
         caption_column: the metadata key holding the caption(s).
         preprocess: apply `pre_caption` (BLIP's caption preprocessing) to every caption.
         max_words: words kept by `pre_caption` when `preprocess` is set.
+        allow_outside_root: accept `file_name`s that lead outside `folder`.
 
     Returns:
         A `datasets.Dataset` with features `NORMALIZED_FEATURES`, images stored by absolute path.
@@ -301,8 +342,8 @@ def load_imagefolder_source(
     metadata = folder / "metadata.jsonl"
     if not metadata.is_file():
         raise FileNotFoundError(f"{str(folder)!r} has no metadata.jsonl; an imagefolder source needs one.")
-    images = _LocalImages()
-    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
+    images = _LocalImages(folder, allow_outside_root)
+    for number, line in enumerate(read_annotation_text(metadata).splitlines(), start=1):
         if not line.strip():
             continue
         record = f"{metadata} line {number}"
@@ -313,7 +354,7 @@ def load_imagefolder_source(
         _require_keys(row, ["file_name", caption_column], record)
         record = f"{record} (file_name {row['file_name']!r})"
         captions = _prepared_captions(row[caption_column], record, preprocess, max_words)
-        images.add(Path(row["file_name"]).stem, folder / row["file_name"], captions, record)
+        images.add(Path(row["file_name"]).stem, row["file_name"], captions, record)
     return images.to_dataset(str(metadata))
 
 
@@ -436,13 +477,23 @@ def load_hub_source(
     else:
         ids = [None if v is None else str(v) for v in columns[image_id_column].to_pylist()]
     images_missing = columns[image_column].is_null().to_pylist()
-    captions, first_row = [], {}
-    for row, image_id, value, no_image in zip(rows, ids, columns[caption_column].to_pylist(), images_missing):
+    by_path = _images_by_path(columns[image_column])
+    captions, first_row, path_owner = [], {}, {}
+    cells = zip(rows, ids, columns[caption_column].to_pylist(), images_missing)
+    for position, (row, image_id, value, no_image) in enumerate(cells):
         record = f"{name} row {row} (image_id={image_id!r})"
         if image_id is None:
             raise ValueError(f"{record} has no image id in column {image_id_column!r}.")
         if no_image:
             raise ValueError(f"{record} has no image in column {image_column!r}.")
+        if position in by_path:
+            path = _verify_path_cell(by_path[position], f"{record} column {image_column!r}")
+            owner = path_owner.setdefault(path, image_id)
+            if owner != image_id:
+                raise ValueError(
+                    f"{record}: image file {str(path)!r} is already image {owner!r}; one image under two ids would "
+                    "count as two different images."
+                )
         if image_id in first_row:
             raise ValueError(f"{name}: image_id {image_id!r} appears twice (rows {first_row[image_id]} and {row}).")
         first_row[image_id] = row
@@ -464,6 +515,32 @@ def load_hub_source(
     return datasets.concatenate_datasets([out, datasets.Dataset(text)], axis=1)
 
 
+def _images_by_path(column: pa.ChunkedArray) -> dict[int, str]:
+    """The cells of an image column that hold a local path rather than image bytes, by position.
+
+    A string column holds paths (or text put in the wrong column); an `Image()` column holds `{bytes, path}`
+    structs, read from the path when the bytes are null. URLs are left to `datasets`.
+    """
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        paths = column.to_pylist()
+    elif pa.types.is_struct(column.type) and {"bytes", "path"} <= {f.name for f in column.type}:
+        no_bytes = pc.is_null(pc.struct_field(column, "bytes")).to_pylist()
+        paths = [p if missing else None for p, missing in zip(pc.struct_field(column, "path").to_pylist(), no_bytes)]
+    else:
+        return {}
+    return {i: p for i, p in enumerate(paths) if p is not None and "://" not in p}
+
+
+def _verify_path_cell(value: str, record: str) -> Path:
+    """The resolved path of an image cell stored by path, checked to be a readable image file."""
+    if not Path(value).is_file():
+        raise FileNotFoundError(
+            f"{record} holds {value[:80]!r}, which is not an existing image file (is it the right column?)."
+        )
+    _verify_image(Path(value), record)
+    return Path(value).resolve()
+
+
 def _is_normalized(dataset: datasets.Dataset) -> bool:
     return all(dataset.features.get(column) == feature for column, feature in NORMALIZED_FEATURES.items())
 
@@ -474,6 +551,7 @@ def load_source(
     image_root: str | os.PathLike | None = None,
     preprocess: bool = False,
     max_words: int = BLIP_MAX_WORDS,
+    allow_outside_root: bool = False,
     **hub_kwargs: Any,
 ) -> datasets.Dataset:
     """One entry point for `--train_source` / `--test_source`: picks the adapter from what `spec` is.
@@ -493,6 +571,7 @@ def load_source(
         image_root: the image folder of a Karpathy JSON file (default: the JSON file's folder).
         preprocess: apply `pre_caption` (BLIP's caption preprocessing) to every caption.
         max_words: words kept by `pre_caption` when `preprocess` is set.
+        allow_outside_root: let a JSON file or `metadata.jsonl` name images outside its image root.
         **hub_kwargs: arguments of `load_hub_source` (`image_column`, `caption_column`, `split_column`, ...) or
             of `load_imagefolder_source` (`caption_column`).
 
@@ -507,11 +586,16 @@ def load_source(
         path = Path(spec)
         if path.suffix == ".json":
             root = path.parent if image_root is None else image_root
-            return load_karpathy_json(path, root, split=split, preprocess=preprocess, max_words=max_words)
+            return load_karpathy_json(
+                path, root, split=split, preprocess=preprocess, max_words=max_words,
+                allow_outside_root=allow_outside_root,
+            )  # fmt: skip
         if (path / "metadata.jsonl").is_file():
             if split is not None:
                 raise ValueError(f"{str(path)!r} is an imagefolder (one split); pass split=None.")
-            return load_imagefolder_source(path, preprocess=preprocess, max_words=max_words, **hub_kwargs)
+            return load_imagefolder_source(
+                path, preprocess=preprocess, max_words=max_words, allow_outside_root=allow_outside_root, **hub_kwargs
+            )
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
             spec = datasets.load_from_disk(str(path))
     dataset = _resolve_dataset(spec, split, hub_kwargs.pop("config_name", None), **_load_kwargs(hub_kwargs))

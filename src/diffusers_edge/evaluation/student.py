@@ -145,6 +145,9 @@ class FrozenTextEncoder:
 
         if pooling not in TEXT_POOLINGS:
             raise ValueError(f"Unknown text pooling {pooling!r}; choose one of {TEXT_POOLINGS}.")
+        from ..paths import check_model_reference
+
+        check_model_reference(name_or_path, "text_encoder")
         self.pooling = pooling
         self.name_or_path = str(name_or_path)
         self.device = torch.device(device or "cpu")

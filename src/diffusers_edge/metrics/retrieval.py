@@ -43,6 +43,7 @@ text the latter equals ``t2i_R@{k}``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -87,6 +88,14 @@ def retrieval_recall(
         ValueError: on a shape mismatch, an index out of range, an image with no text, a NaN or infinite
             score, an empty matrix or a K below 1.
 
+    Warns:
+        UserWarning: for a float16 / bfloat16 matrix. Half precision keeps about 3 (bfloat16: 2) significant
+            digits, so scores that differ in float32 become equal; ties count pessimistically, so recall drops
+            (measured on synthetic CLIP-like embeddings, 1000 images x 5 texts, mean cosine 0.70: r_mean 8.95
+            from float32 scores, 8.66 from float16, 6.94 from bfloat16). The scores are compared in float32, which
+            cannot undo the rounding: compute them in float32, or pass the embeddings to
+            `retrieval_recall_from_embeddings`, which computes in float32.
+
     Example:
         >>> import torch
         >>> sim = torch.tensor([[0.9, 0.1, 0.8], [0.2, 0.7, 0.3]])  # 2 images, 3 texts
@@ -95,6 +104,14 @@ def retrieval_recall(
         (100.0, 100.0)
     """
     sim = _as_scores(similarity, "similarity")
+    if sim.dtype in (torch.float16, torch.bfloat16):
+        warnings.warn(
+            f"similarity is {str(sim.dtype).removeprefix('torch.')}: half precision turns close scores into ties, "
+            "which count against recall. Compute the scores in float32 (or use retrieval_recall_from_embeddings, "
+            "which does).",
+            stacklevel=2,
+        )
+        sim = sim.float()
     n_images, n_texts = sim.shape
     t2i = _as_index(text_to_image, n_images, n_texts, sim.device)
     ks = _check_ks(ks)
