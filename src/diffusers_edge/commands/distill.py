@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 import datasets
@@ -151,3 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(push_distilled(args.output_dir, args.hub_dataset_id, private=args.private))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
