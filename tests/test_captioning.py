@@ -221,7 +221,9 @@ def test_first_sentence_and_seed_derivation():
     assert first_sentence('  "A red circle.  It sits\n on black."') == "A red circle."
     assert first_sentence("a big   blue square") == "a big blue square"
     assert first_sentence("What is it? A star.") == "What is it?"
-    assert derive_seed(5, 0, 1) == derive_seed(5, 0, 1)
+    # pinned: SeedSequence(5, spawn_key=(0xCA9, caption 0, attempt a)).generate_state(1, uint64) >> 1, so captions
+    # written earlier stay reproducible; 63 bits fit torch.Generator.manual_seed
+    assert (derive_seed(5, 0, 0), derive_seed(5, 0, 1)) == (6348537729965258788, 4273961353836906064)
     assert len({derive_seed(5, k, a) for k in range(3) for a in range(3)} | {derive_seed(6, 0, 0)}) == 10
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffusers_edge.coreset import (
+    PoolEmbeddings,
     count_forgetting_events,
     embed_pool,
     forgetting_scores,
@@ -67,6 +68,35 @@ def test_forgetting_scores_are_deterministic_and_finite_on_learnable_pairs():
     first = forgetting_scores(image, text, epochs=15, batch_size=8, lr=0.05, seed=3)
     assert torch.equal(first, forgetting_scores(image, text, epochs=15, batch_size=8, lr=0.05, seed=3))
     assert torch.isfinite(first).all() and first.shape == (40,)
+
+
+def _confusable_and_clean(dim=24):
+    """8 confusable pairs (4 pictures, each shown twice with two unrelated captions) then 16 clean pairs (the text
+    embedding equals the image embedding, all orthogonal). L2-normalised, like CLIP embeddings."""
+    generator = torch.Generator().manual_seed(0)
+    pictures = torch.randn(4, dim, generator=generator).repeat_interleave(2, 0)
+    captions = torch.randn(8, dim, generator=generator)
+    clean = torch.eye(dim)[:16]
+    image, text = torch.cat([pictures, clean]), torch.cat([captions, clean])
+    return torch.nn.functional.normalize(image, dim=-1), torch.nn.functional.normalize(text, dim=-1)
+
+
+def test_confusable_pairs_are_forgotten_more_than_clean_ones():
+    image, text = _confusable_and_clean()
+    scores = forgetting_scores(image, text, epochs=10, batch_size=128, lr=0.05, seed=0)
+    # a clean pair, once retrieved, stays retrieved; a picture shown with two captions keeps losing one of them
+    assert scores[8:].tolist() == [0.0] * 16
+    assert (scores[:8] >= 1).all()
+
+
+def test_forgetting_coreset_takes_the_most_forgotten_pairs_first(pool):
+    image, text = _confusable_and_clean()
+    embeddings = PoolEmbeddings(image, [row.expand(5, -1) for row in text])  # 5 captions per shapes image
+    coreset = select_coreset(pool, "forgetting", 8, seed=0, embeddings=embeddings, forgetting_epochs=100)
+    assert set(coreset["image_id"]) == set(pool["image_id"][:8])
+    scores = forgetting_scores(image, text, epochs=100, seed=0)  # the run select_coreset makes
+    order = [pool["image_id"].index(i) for i in coreset["image_id"]]
+    assert [float(scores[i]) for i in order] == sorted((float(scores[i]) for i in order), reverse=True)
 
 
 @pytest.mark.parametrize("method", ["random", "herding", "kcenter", "forgetting"])

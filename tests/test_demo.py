@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from diffusers_edge.commands.demo import build_parser, config_from_args, main
-from diffusers_edge.demo import DemoConfig, _finetune_argv, finite_numbers, results_markdown
+from diffusers_edge.demo import DemoConfig, StudentEvaluator, _finetune_argv, finite_numbers, results_markdown
 
 RECALL_KEYS = ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "r_mean")
 
@@ -64,12 +64,35 @@ def test_config_flags_override_the_quick_preset_and_bad_values_raise():
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
+    """The demo's folder, and per student evaluation (in order) the image ids each seed trained on."""
     output_dir = tmp_path_factory.mktemp("demo") / "edge-demo"
-    assert main(["--quick", "--output_dir", str(output_dir), "--no_progress", "--seeds", "0", "1"]) == 0
-    return output_dir
+    trained_on, evaluate = [], StudentEvaluator.evaluate
+
+    def recording(self, train, seeds):
+        trained_on.append({seed: list(train(seed)["image_id"]) for seed in seeds})
+        return evaluate(self, train, seeds)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StudentEvaluator, "evaluate", recording)
+        assert main(["--quick", "--output_dir", str(output_dir), "--no_progress", "--seeds", "0", "1"]) == 0
+    return output_dir, trained_on
 
 
+@pytest.mark.slow
+def test_each_student_seed_draws_its_own_random_coreset(quick_demo):
+    output_dir, trained_on = quick_demo
+    rows = json.loads((output_dir / "results.json").read_text(encoding="utf-8"))["tables"]["20"]
+    by_row = dict(zip(rows, trained_on))  # rows are evaluated in table order
+    for label in ("random coreset", "random coreset at EDGE's split"):
+        assert by_row[label][0] != by_row[label][1]
+    assert len(by_row["random coreset"][0]) == 20 and len(by_row["random coreset at EDGE's split"][0]) == 10
+    for label in ("EDGE", "plain generation"):  # generated sets are fixed: every seed trains on the same images
+        assert by_row[label][0] == by_row[label][1]
+
+
+@pytest.mark.slow
 def test_quick_demo_writes_report_grid_results_and_loadable_sets(quick_demo):
+    quick_demo = quick_demo[0]
     results = json.loads((quick_demo / "results.json").read_text(encoding="utf-8"))
     assert list(results["tables"]) == ["20"]
     rows = results["tables"]["20"]

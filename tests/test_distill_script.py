@@ -2,15 +2,21 @@
 
 import json
 import os
-import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
+import datasets
+import numpy as np
+import PIL.Image
 import pytest
+import torch
 
 from diffusers_edge.commands.distill import main, parse_args
 from diffusers_edge.data.distilled import MANIFEST_NAME, load_distilled
+from diffusers_edge.data.format import NORMALIZED_FEATURES
+from diffusers_edge.pipeline_edge import EDGEPipeline, item_seed
 from diffusers_edge.testing import save_tiny_captioner, save_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +61,57 @@ def test_main_in_process_with_kcenter_and_a_captioner(tiny_sd_path, tmp_path, ca
         main([*flags, "--num_inference_steps", "3"])
 
 
+def _save_visible_lora(tiny_sd_path, folder):
+    """A LoRA on the tiny UNet whose effect shows in the images, saved the way train_edge.py saves one."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = EDGEPipeline.from_pretrained(tiny_sd_path).unet
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    with torch.no_grad():  # lora_B starts at zero: give the adapter a visible effect
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers)
+    return folder
+
+
+def test_main_with_a_lora_a_saved_source_and_non_default_guidance(tiny_sd_path, tmp_path):
+    captions = [[f"a picture number {i}", f"another caption {i}"] for i in range(4)]
+    images = [PIL.Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(4)]
+    rows = {"image": images, "captions": captions, "image_id": [f"img{i}" for i in range(4)]}
+    source = datasets.Dataset.from_dict(rows, features=NORMALIZED_FEATURES)
+    datasets.DatasetDict({"train": source}).save_to_disk(str(tmp_path / "source"))
+    lora = _save_visible_lora(tiny_sd_path, tmp_path / "lora")
+    flags = common_flags(tiny_sd_path, tmp_path / "out", num_pairs=2)
+    flags[flags.index("--source") + 1] = str(tmp_path / "source")
+    flags += ["--lora", str(lora), "--guidance_scale", "2.5", "--negative_prompt", "a dark picture"]
+    assert main(flags) == 0
+    distilled = load_distilled(tmp_path / "out", cache_dir=tmp_path / "cache")
+    pool = {c: i for i, cs in zip(rows["image_id"], captions) for c in cs}
+    assert all(pool[p] == s for p, s in zip(distilled["prompt"], distilled["source_image_id"]))
+    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    assert manifest["lora"] == [str(lora)] and manifest["negative_prompt"] == "a dark picture"
+
+    # the same pixels as the LoRA pipeline called directly with the item seeds, guidance and negative prompt
+    def direct(with_lora):
+        pipe = EDGEPipeline.from_pretrained(tiny_sd_path)
+        pipe.set_progress_bar_config(disable=True)
+        if with_lora:
+            pipe.load_lora_weights(str(lora))
+        generators = [torch.Generator().manual_seed(item_seed(5, i)) for i in (0, 1)]
+        return pipe(list(distilled["prompt"]), generator=generators, num_inference_steps=2, guidance_scale=2.5,
+                    negative_prompt=["a dark picture"] * 2, output_type="np").images  # fmt: skip
+
+    made = np.stack([np.asarray(image) for image in distilled["image"]])
+    np.testing.assert_array_equal((direct(True) * 255).round().astype(np.uint8), made)
+    assert not np.array_equal((direct(False) * 255).round().astype(np.uint8), made)
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -70,12 +127,11 @@ def _run(command, env_extra, cwd):
 
 @pytest.mark.slow
 def test_two_processes_write_the_same_set_as_one(tiny_sd_path, tmp_path):
-    torchrun = shutil.which("torchrun")
-    assert torchrun is not None, "torchrun (installed with torch) is needed for the multi-process check"
     one = tmp_path / "one"  # the one-process reference runs here, single-threaded like the torchrun workers
     assert main(common_flags(tiny_sd_path, one, num_pairs=5)) == 0
     two = tmp_path / "two"
-    launcher = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port())]
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]  # torchrun, without needing it on PATH
+    launcher = [*torchrun, "--nproc_per_node", "2", "--master_port", str(free_port())]
     command = [*launcher, str(SCRIPT), *common_flags(tiny_sd_path, two, 5)]
     result = _run(command, {"ACCELERATE_USE_CPU": "true"}, tmp_path)
     assert result.stdout.count("5 images, 5 pairs") == 1  # only the main process reports

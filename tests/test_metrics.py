@@ -214,6 +214,7 @@ def test_bad_embeddings_raise():
         retrieval_recall_from_embeddings(img, txt, [0, 1, 1], chunk_size=0)
 
 
+@pytest.mark.slow
 def test_import_does_not_load_evaluate():
     code = "import sys, diffusers_edge.metrics as m; m.retrieval_recall; print('evaluate' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,7 +1,12 @@
 """The package itself: cheap import, every public name resolves, the console command dispatches."""
 
+import importlib
+import json
+import runpy
 import subprocess
 import sys
+import types
+from importlib.metadata import entry_points
 
 import pytest
 
@@ -9,6 +14,7 @@ import diffusers_edge
 from diffusers_edge import cli
 
 
+@pytest.mark.slow
 def test_import_is_cheap_and_lazy():
     code = (
         "import sys, time, torch\n"
@@ -23,7 +29,9 @@ def test_import_is_cheap_and_lazy():
 
 @pytest.mark.parametrize("name", [n for n in diffusers_edge.__all__ if n != "__version__"])
 def test_every_public_name_resolves(name):
-    assert getattr(diffusers_edge, name) is not None
+    defined = getattr(importlib.import_module(diffusers_edge._LAZY_NAMES[name]), name)
+    assert getattr(diffusers_edge, name) is defined
+    assert getattr(defined, "__name__", name) == name  # a function or class is exported under its own name
 
 
 def test_unknown_attribute_is_an_attribute_error():
@@ -41,3 +49,66 @@ def test_cli_help_lists_every_command(capsys):
 def test_cli_rejects_unknown_command():
     with pytest.raises(SystemExit):
         cli.main(["no-such-command"])
+
+
+def test_cli_dispatches_and_returns_the_commands_code(monkeypatch):
+    calls = []
+    fake = types.ModuleType("fake_command")
+    fake.main = lambda argv: calls.append(argv) or 3
+    monkeypatch.setitem(sys.modules, "fake_command", fake)
+    monkeypatch.setitem(cli.COMMANDS, "fake", ("fake_command", "a command that fails with code 3"))
+    assert cli.main(["fake", "--flag", "x"]) == 3 and calls == [["--flag", "x"]]
+    fake.main = lambda argv: None  # a command that returns nothing succeeded
+    assert cli.main(["fake"]) == 0
+
+
+def _shapes_flags(tmp_path):
+    return ["--num_train", "6", "--num_val", "1", "--num_test", "3", "--output_dir", str(tmp_path / "preview"),
+            "--cache_dir", str(tmp_path / "cache")]  # fmt: skip
+
+
+def _check_shapes_preview(tmp_path):
+    stats = json.loads((tmp_path / "preview" / "statistics.json").read_text())
+    assert {k: v["images"] for k, v in stats["splits"].items()} == {"train": 6, "validation": 1, "test": 3}
+    assert (tmp_path / "preview" / "preview.png").is_file()
+
+
+def test_cli_runs_a_real_command(tmp_path, capsys):
+    assert cli.main(["shapes", *_shapes_flags(tmp_path)]) == 0
+    _check_shapes_preview(tmp_path)
+    assert "a random 6-image subset of train covers" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["demo", "distill", "evaluate", "train"])  # `shapes` has no __main__ block yet
+@pytest.mark.filterwarnings("ignore:'diffusers_edge.commands.*' found in sys.modules:RuntimeWarning")  # re-run
+def test_command_modules_run_as_scripts(command, monkeypatch, capsys):
+    """`python -m diffusers_edge.commands.NAME`: the module's `__main__` block exits with `main`'s code."""
+    monkeypatch.setattr(sys, "argv", [command, "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module(cli.COMMANDS[command][0], run_name="__main__")
+    assert exit_.value.code == 0 and f"usage: diffusers-edge {command}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_installed_console_script_runs_commands_and_returns_their_codes(tmp_path):
+    """The `diffusers-edge` entry point as installed: its metadata names `cli.main`, and loading it the way the
+    console-script wrapper does (`sys.exit(main())`) runs a command in a fresh interpreter. The entry point is
+    loaded through `importlib.metadata` rather than the `diffusers-edge` file on PATH so that the code under test
+    (PYTHONPATH) is what runs, whichever checkout the package was installed from."""
+    (script,) = entry_points(group="console_scripts", name="diffusers-edge")
+    assert script.value == "diffusers_edge.cli:main"
+    wrapper = (
+        "import sys; from importlib.metadata import entry_points; "
+        "(script,) = entry_points(group='console_scripts', name='diffusers-edge'); sys.exit(script.load()())"
+    )
+
+    def run(*argv):
+        return subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, timeout=300)
+
+    done = run("shapes", *_shapes_flags(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check_shapes_preview(tmp_path)
+    unknown = run("no-such-command")
+    assert unknown.returncode == 2 and "invalid choice: 'no-such-command'" in unknown.stderr
+    as_module = subprocess.run([sys.executable, "-m", "diffusers_edge.cli", "--help"], capture_output=True, text=True)
+    assert as_module.returncode == 0 and "evaluate" in as_module.stdout

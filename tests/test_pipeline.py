@@ -16,7 +16,7 @@ from diffusers_edge.captioning import Captioner
 from diffusers_edge.data.distilled import MANIFEST_NAME, load_distilled, to_flat_pairs
 from diffusers_edge.data.shapes import load_captioned_shapes
 from diffusers_edge.pipeline_edge import EDGEPipeline, item_seed
-from diffusers_edge.selection import embed_captions, kcenter_greedy
+from diffusers_edge.selection import embed_captions, kcenter_greedy, kmeans_nearest
 from diffusers_edge.testing import save_tiny_captioner
 
 FAST = {"num_inference_steps": 2, "progress": False}
@@ -136,7 +136,9 @@ def test_lora_changes_images_and_is_recorded(tiny_sd_path, source, tmp_path):
 
 
 def test_distill_rows_captions_seeds_and_identical_bytes(pipe, source, tmp_path):
+    guidance = {"guidance_scale": 3.0, "negative_prompt": "a blurry picture"}  # not the defaults
     kwargs = dict(captions_per_image=2, seed=7, batch_size=2, shard_size=2, captioner=brightness_captioner, **FAST)
+    kwargs.update(guidance)
     distilled = pipe.distill(source, 8, output_dir=tmp_path / "a", **kwargs)
     assert distilled.num_rows == math.ceil(8 / 2) == 4
     owners = {c: i for i, cs in zip(source["image_id"], source["captions"]) for c in cs}
@@ -149,11 +151,20 @@ def test_distill_rows_captions_seeds_and_identical_bytes(pipe, source, tmp_path)
         assert row["image"].size == (32, 32)
     assert len(set(distilled["prompt"])) == 4
 
-    # the item seed alone fixes an image: a direct pipeline call with the same batch gives the same pixels
-    generators = [torch.Generator("cpu").manual_seed(item_seed(7, i)) for i in (0, 1)]
-    direct = pipe(distilled["prompt"][:2], generator=generators, num_inference_steps=2, output_type="pil").images
-    for i in (0, 1):
-        np.testing.assert_array_equal(np.asarray(direct[i]), np.asarray(distilled[i]["image"]))
+    # the item seed alone fixes an image: a direct pipeline call with the same batch, guidance and negative prompt
+    # gives the same pixels; the stock guidance or no negative prompt would give others
+    def direct(guidance_scale, negative_prompt):
+        generators = [torch.Generator("cpu").manual_seed(item_seed(7, i)) for i in (0, 1)]
+        negative = None if negative_prompt is None else [negative_prompt] * 2
+        images = pipe(distilled["prompt"][:2], generator=generators, num_inference_steps=2, output_type="pil",
+                      guidance_scale=guidance_scale, negative_prompt=negative).images  # fmt: skip
+        return [np.asarray(image) for image in images]
+
+    made = [np.asarray(distilled[i]["image"]) for i in (0, 1)]
+    for i, image in enumerate(direct(**guidance)):
+        np.testing.assert_array_equal(image, made[i])
+    for other in (direct(7.5, guidance["negative_prompt"]), direct(guidance["guidance_scale"], None)):
+        assert all(not np.array_equal(image, made[i]) for i, image in enumerate(other))
 
     again = pipe.distill(source, 8, output_dir=tmp_path / "b", **kwargs)
     assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b") and len(shard_bytes(tmp_path / "a")) == 2
@@ -241,7 +252,7 @@ def test_bad_inputs_raise_clear_errors(pipe, source, tmp_path):
         pipe.distill(source, 2, captions_per_image=1, selection="kcenter", output_dir=tmp_path / "k", **FAST)
 
 
-def test_kcenter_and_callable_selection(tiny_sd_path, tiny_clip_path, source, tmp_path):
+def test_kcenter_kmeans_and_callable_selection(tiny_sd_path, tiny_clip_path, source, tmp_path):
     clip_model = CLIPModel.from_pretrained(tiny_clip_path)
     clip_processor = CLIPProcessor.from_pretrained(tiny_clip_path)
     pipe = EDGEPipeline.from_pretrained(tiny_sd_path, clip_model=clip_model, clip_processor=clip_processor)
@@ -252,6 +263,11 @@ def test_kcenter_and_callable_selection(tiny_sd_path, tiny_clip_path, source, tm
     assert distilled["prompt"] == [captions[i] for i in expected]
     card = (tmp_path / "k" / "README.md").read_text()
     assert "selection: kcenter" in card and f"clip_model: {tiny_clip_path}" in card
+    by_kmeans = pipe.distill(source, 4, 1, selection="kmeans", seed=1, output_dir=tmp_path / "m", **FAST)
+    nearest = kmeans_nearest(embed_captions(captions, clip_model, clip_processor), 4, seed=1)
+    assert by_kmeans["prompt"] == [captions[i] for i in nearest] and "selection: kmeans" in (
+        tmp_path / "m" / "README.md"
+    ).read_text()
 
     def last_ones(pool, num, seed):
         return list(range(len(pool) - num, len(pool)))

@@ -23,7 +23,8 @@ from diffusers_edge.evaluation import (
     summarize,
     train_student,
 )
-from diffusers_edge.evaluation.trainer import embed_pairs
+from diffusers_edge.evaluation.student import normalize_images
+from diffusers_edge.evaluation.trainer import _batches, embed_pairs
 from diffusers_edge.metrics.retrieval import retrieval_recall
 
 TINY_CNN = {"channels": (8, 16, 32, 64), "stem_width": 8}
@@ -165,14 +166,31 @@ def test_training_needs_two_pairs():
 def test_edge_augmentation_trains_and_changes_the_batches(shapes, tiny_bert_path):
     images, captions, text_to_image = _one_caption(shapes.select(range(8)))
     features = FrozenTextEncoder(tiny_bert_path, pooling="mean").encode(captions)
-    runs = []
-    for augment in (False, True):
+
+    def train(augment):
+        """Trains a fresh student; returns its losses and the pixels it was fed, batch by batch."""
         torch.manual_seed(0)
         student = RetrievalStudent.from_timm("resnet10t", text_dim=features.shape[1], **TINY_CNN)
-        config = protocol_config("edge", epochs=2, batch_size=8, image_size=32, augment=augment)
-        runs.append(train_student(student, images, features, text_to_image, config, seed=0, progress=False)["losses"])
-    assert all(math.isfinite(loss) for run in runs for loss in run)
-    assert runs[0] != runs[1]  # the same seed sees different pixels once augmentation is on
+        fed = []
+        student.register_forward_pre_hook(lambda module, args: fed.append(args[0].detach().clone()))
+        config = protocol_config("edge", epochs=2, batch_size=4, image_size=32, augment=augment)
+        losses = train_student(student, images, features, text_to_image, config, seed=0, progress=False)["losses"]
+        return losses, fed, config
+
+    plain_losses, plain, config = train(False)
+    losses, augmented, _ = train(True)
+    again_losses, again, _ = train(True)
+    assert all(math.isfinite(loss) for loss in plain_losses + losses)
+    # without augmentation the student sees exactly the stored images, normalised, in the seeded batch order
+    order = torch.cat(_batches(8, 4, torch.Generator().manual_seed(0)))
+    expected = normalize_images(images[text_to_image[order]], config.image_mean, config.image_std)
+    torch.testing.assert_close(torch.cat(plain[:2]), expected)
+    # with it, every batch differs from those pixels (same order: batches come from their own generator)
+    assert len(augmented) == len(plain) == 4
+    assert all((a - p).abs().mean() > 0.05 for a, p in zip(augmented, plain))
+    # and the same seed gives the same augmented pixels and the same losses
+    assert all(torch.equal(a, b) for a, b in zip(augmented, again)) and losses == again_losses
+    assert losses != plain_losses
 
 
 def test_summary_and_table():
@@ -180,9 +198,13 @@ def test_summary_and_table():
     assert stats["r_mean"] == {"mean": 12.0, "std": pytest.approx(math.sqrt(8))}
     assert stats["t2i_R@1"] == {"mean": 1.0, "std": 0.0}
     keys = ["t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "r_mean"]
-    run = dict.fromkeys(keys, 50.0)
-    results = {"runs": [run, run], "summary": {"last": summarize([run, run]), "best": summarize([run, run])}}
+    last = [{key: 50.0 + i for i, key in enumerate(keys)}, {key: 52.0 + i for i, key in enumerate(keys)}]
+    best = [{key: 60.0 + 2 * i for i, key in enumerate(keys)}, {key: 70.0 + 2 * i for i, key in enumerate(keys)}]
+    runs = [{"last": one, "best": other} for one, other in zip(last, best)]
+    results = {"runs": runs, "summary": {"last": summarize(last), "best": summarize(best)}}
     lines = results_table([("random 100", results)]).splitlines()
     assert lines[0] == "| set | epoch | IR@1 | IR@5 | IR@10 | TR@1 | TR@5 | TR@10 | r_mean |"
-    assert lines[2] == "| random 100 (2 seeds) | last |" + " 50.0 ± 0.0 |" * 7
-    assert lines[3].startswith("| random 100 (2 seeds) | best |")
+    # columns: IR = t2i, TR = i2t, in the papers' order; std of (50, 52) is sqrt(2), of (60, 70) sqrt(50)
+    assert lines[2] == "| random 100 (2 seeds) | last | " + " | ".join(f"{51 + i}.0 ± 1.4" for i in range(7)) + " |"
+    best_cells = " | ".join(f"{65 + 2 * i}.0 ± 7.1" for i in range(7))
+    assert lines[3] == f"| random 100 (2 seeds) | best | {best_cells} |"

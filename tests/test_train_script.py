@@ -17,6 +17,7 @@ import torch
 from accelerate.utils import write_basic_config
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from diffusers_edge.commands.train import main as train_command
 from diffusers_edge.testing import save_tiny_clip, save_tiny_stable_diffusion
@@ -100,15 +101,64 @@ def test_accelerate_launch_trains_a_lora_that_stock_diffusers_loads(tiny):
         assert fact in card
 
 
+def _two_process_step_by_hand(flags, output_dir):
+    """One SGD step of two DDP processes, computed in this process: each process's batch and noise, the mean of
+    the two gradients (what DDP's all-reduce gives), gradient clipping, the step; saved like train_edge.py."""
+    from accelerate.utils import set_seed
+
+    from diffusers_edge.training import (
+        EDGECollator,
+        EDGEObjective,
+        EDGETrainItems,
+        EpochBatchSampler,
+        _load_models,
+        add_trainable_parameters,
+        load_train_dataset,
+        loss_config,
+        parse_args,
+        save_lora,
+    )
+
+    args = parse_args(flags)
+    set_seed(args.seed)
+    dataset = load_train_dataset(args)
+    models = _load_models(args)
+    unet, processor = models["unet"], models["clip_processor"]
+    params = add_trainable_parameters(unet, args)
+    objective = EDGEObjective(unet, models["vae"], models["text_encoder"], models["clip_model"],
+                              processor.image_processor, models["noise_scheduler"], loss_config(args))  # fmt: skip
+    items, collate = EDGETrainItems(dataset, args), EDGECollator(models["tokenizer"], processor.tokenizer)
+    gradients = []
+    for process in (0, 1):
+        sampler = EpochBatchSampler(len(dataset), args.train_batch_size, args.seed, process, 2)
+        sampler.set_epoch(0)
+        batch = collate([items[key] for key in next(iter(sampler))])
+        seed = np.random.SeedSequence([args.seed, 0, 0, process]).generate_state(1)[0]  # (seed, epoch, batch, rank)
+        loss = objective(batch, generator=torch.Generator().manual_seed(int(seed))).loss
+        gradients.append(torch.autograd.grad(loss, params))
+    for param, first, second in zip(params, *gradients):
+        param.grad = (first + second) / 2
+    torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+    torch.optim.SGD(params, lr=args.learning_rate).step()
+    return save_lora(unet, output_dir)
+
+
 @pytest.mark.slow
-def test_two_cpu_processes_train_one_lora(tiny):
+def test_two_cpu_processes_train_the_lora_one_process_computes_by_hand(tiny):
     out = tiny["root"] / "ddp"
+    flags = _flags(tiny, out, "--max_train_steps", "1", "--optimizer", "sgd", "--learning_rate", "0.5")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT)]
-    log = _run([*command, *_flags(tiny, out, "--max_train_steps", "2")], ACCELERATE_USE_CPU="true")
+    log = _run([*command, *flags], ACCELERATE_USE_CPU="true")
     assert "MULTI_CPU" in log and "2 processes" in log
     assert [p.name for p in out.iterdir() if p.suffix == ".safetensors"] == ["pytorch_lora_weights.safetensors"]
+    by_hand = load_file(_two_process_step_by_hand(flags, tiny["root"] / "by-hand"))
+    trained = load_file(out / "pytorch_lora_weights.safetensors")
+    assert trained.keys() == by_hand.keys() and any("lora_B" in key or "lora.up" in key for key in trained)
+    for key in trained:
+        torch.testing.assert_close(trained[key], by_hand[key])
+    assert any(float(trained[key].abs().max()) > 0 for key in trained if "lora_B" in key or "lora.up" in key)
     pipe = StableDiffusionPipeline.from_pretrained(tiny["sd"], safety_checker=None)
-    pipe.load_lora_weights(out)
+    pipe.load_lora_weights(out)  # stock diffusers reads it
     assert any("lora" in name for name, _ in pipe.unet.named_parameters())
 
 

@@ -1,12 +1,15 @@
 """The EDGE objective on one batch, the data pipeline, save/load of the tuned weights, and resuming (in-process)."""
 
 import argparse
+import math
 
 import datasets
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from safetensors.torch import load_file
 from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
@@ -15,6 +18,7 @@ from diffusers_edge.data.format import NORMALIZED_FEATURES
 from diffusers_edge.data.shapes import load_captioned_shapes
 from diffusers_edge.testing import save_tiny_clip, save_tiny_stable_diffusion
 from diffusers_edge.training import (
+    DIFFFIT_WEIGHT_NAME,
     LORA_TARGET_MODULES,
     EDGECollator,
     EDGELossConfig,
@@ -90,7 +94,7 @@ def _batch(pipe, processor, captions, keep=None, seed=0):
 # ------------------------------------------------------------------------------------------------ x0 and CLIP input
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_x0_matches_the_schedulers_own(prediction_type):
     scheduler = DDPMScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
@@ -222,8 +226,47 @@ def test_difffit_trains_biases_and_norms_only(components):
     assert any(".norm" in n and n.endswith("weight") for n in chosen) and all(
         n.endswith("bias") or "norm" in n for n in chosen
     )
-    objective(_batch(pipe, processor, ["a red circle", "a blue square"]), torch.Generator()).loss.backward()
-    assert all(p.grad is not None for p in params)
+    batch = _batch(pipe, processor, ["a red circle", "a blue square"])
+    objective.config = EDGELossConfig(contrastive_weight=0.0, diversity_weight=0.0)  # the MSE, written out below
+    objective(batch, torch.Generator().manual_seed(7)).loss.backward()
+    _, noisy, timesteps, noise, states = _noisy_inputs(objective, pipe, batch, seed=7)
+    mse = F.mse_loss(objective.unet(noisy, timesteps, states).sample, noise)
+    expected = torch.autograd.grad(mse, params)
+    for param, grad in zip(params, expected):
+        torch.testing.assert_close(param.grad, grad)
+    assert sum(int(grad.abs().sum() > 0) for grad in expected) > 0.9 * len(params)
+    names = {id(p): n for n, p in objective.unet.named_parameters()}
+    assert all(p.grad is None for p in objective.unet.parameters() if names[id(p)] not in chosen)
+
+
+def _noisy_inputs(objective, pipe, batch, seed):
+    """The objective's draws for a generator seeded with `seed`: clean and noisy latents, timesteps, noise, text."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        latents = pipe.vae.encode(batch["pixel_values"]).latent_dist.sample(generator) * pipe.vae.config.scaling_factor
+        states = pipe.text_encoder(batch["input_ids"])[0]
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, 1000, (latents.shape[0],), generator=generator)
+    noisy = objective.noise_scheduler.add_noise(latents, noise, timesteps)
+    return latents, noisy, timesteps, noise, states
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_denoising_target_follows_the_prediction_type(components, prediction_type):
+    pipe, _, processor = components
+    objective, _ = _objective(components, EDGELossConfig(loss_max_timestep=999))
+    objective.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction_type)
+    batch = _batch(pipe, processor, ["a red circle", "a blue square"])
+    out = objective(batch, torch.Generator().manual_seed(5))
+    clean, noisy, timesteps, noise, states = _noisy_inputs(objective, pipe, batch, seed=5)
+    with torch.no_grad():
+        prediction = objective.unet(noisy, timesteps, states).sample
+    alpha = objective.noise_scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    # v = sqrt(a) * eps - sqrt(1 - a) * x0 (Salimans & Ho 2022); "sample" predicts x0 itself
+    target = alpha.sqrt() * noise - (1 - alpha).sqrt() * clean if prediction_type == "v_prediction" else clean
+    torch.testing.assert_close(out.denoise, F.mse_loss(prediction, target))
+    assert not torch.allclose(out.denoise, F.mse_loss(prediction, noise))  # not the epsilon target
+    assert out.num_clip_pairs > 0 and torch.isfinite(out.loss)  # x0 for CLIP comes from the same prediction type
 
 
 def test_loss_parts_combine_with_their_weights(components):
@@ -308,6 +351,57 @@ def test_load_train_dataset_checks_columns_and_captions(tiny_sd, tiny_clip, tmp_
         load_train_dataset(_args(tiny_sd, tiny_clip, tmp_path), _dataset([["a"], ["b"], ["c", " "], ["d"]]))
     with pytest.raises(ValueError, match="no training data"):
         load_train_dataset(_args(tiny_sd, tiny_clip, tmp_path))
+
+
+def test_max_train_samples_and_center_crop(tiny_sd, tiny_clip, tmp_path):
+    args = _args(tiny_sd, tiny_clip, tmp_path, "--max_train_samples", "2", "--center_crop")
+    assert load_train_dataset(args, _dataset())["image_id"] == ["0", "1"]
+    wide = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 32, 3), dtype=np.uint8))
+    rows = {"image": [wide], "captions": [["a red circle"]], "image_id": ["0"]}
+    one = datasets.Dataset.from_dict(rows, features=NORMALIZED_FEATURES)
+    middle = TF.to_tensor(wide.crop((8, 0, 24, 16))) * 2 - 1  # 16 px high already: the centre 16 columns
+    centred = EDGETrainItems(one, args)
+    for epoch in range(4):
+        torch.testing.assert_close(centred[(0, epoch)]["pixel_values"], middle)
+    args.center_crop = False
+    cropped = EDGETrainItems(one, args)
+    assert any(not torch.allclose(cropped[(0, epoch)]["pixel_values"], middle) for epoch in range(4))
+
+
+def test_scale_lr_and_gradient_checkpointing(tiny_sd, tiny_clip, tmp_path, monkeypatch):
+    import torch.utils.checkpoint
+
+    flags = ["--max_train_steps", "1", "--scale_lr", "--gradient_accumulation_steps", "1"]
+    plain = train(_args(tiny_sd, tiny_clip, tmp_path / "plain", *flags), _dataset())
+    assert plain.last_logs["lr"] == pytest.approx(1e-4 * 1 * 2 * 1)  # lr x accumulation x batch x processes
+    calls, checkpoint = [], torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    recomputed = train(_args(tiny_sd, tiny_clip, tmp_path / "recomputed", *flags, "--gradient_checkpointing"),
+                       _dataset())  # fmt: skip
+    assert calls  # the UNet's blocks went through torch.utils.checkpoint
+    a, b = load_file(plain.weights_path), load_file(recomputed.weights_path)
+    assert a.keys() == b.keys()
+    for key in a:  # recomputing activations changes memory, not the result
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_bf16_mixed_precision_keeps_trainable_weights_in_float32(tiny_sd, tiny_clip, tmp_path):
+    flags = ["--max_train_steps", "1", "--optimizer", "sgd", "--learning_rate", "1.0"]
+    from accelerate.state import AcceleratorState
+
+    full = train(_args(tiny_sd, tiny_clip, tmp_path / "fp32", *flags), _dataset())
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process
+    try:
+        mixed = train(_args(tiny_sd, tiny_clip, tmp_path / "bf16", *flags, "--mixed_precision", "bf16"), _dataset())
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    a, b = load_file(full.weights_path), load_file(mixed.weights_path)
+    assert a.keys() == b.keys() and all(b[key].dtype == torch.float32 for key in b)
+    # the same step computed with bfloat16 frozen models: close to the float32 step, not equal to it
+    difference = max(float((a[key] - b[key]).abs().max()) for key in a)
+    scale = max(float(a[key].abs().max()) for key in a)
+    assert 0 < difference < 0.1 * scale
+    assert math.isfinite(mixed.last_logs["loss"])
 
 
 def test_clip_model_with_mismatched_projections_is_refused(tiny_clip):
@@ -396,6 +490,24 @@ def test_lora_layers_choose_the_adapted_modules_and_a_stock_pipeline_reloads_the
 
 
 # ------------------------------------------------------------------------------------------------ resume
+
+
+def test_resumed_difffit_run_ends_with_the_same_weights_as_an_uninterrupted_one(tiny_sd, tiny_clip, tmp_path):
+    flags = ["--finetune", "difffit", "--max_train_steps", "2", "--checkpointing_steps", "1"]
+    flags += ["--learning_rate", "1e-2"]
+    full = train(_args(tiny_sd, tiny_clip, tmp_path / "full", *flags), _dataset())
+    first = _args(tiny_sd, tiny_clip, tmp_path / "resumed", *flags)
+    first.max_train_steps = 1
+    train(first, _dataset())
+    start = load_file(tmp_path / "resumed" / "checkpoint-1" / DIFFFIT_WEIGHT_NAME)
+    resumed = train(_args(tiny_sd, tiny_clip, tmp_path / "resumed", *flags, "--resume_from_checkpoint", "latest"),
+                    _dataset())  # fmt: skip
+    assert full.global_step == resumed.global_step == 2 and resumed.weights_path.name == DIFFFIT_WEIGHT_NAME
+    a, b = load_file(full.weights_path), load_file(resumed.weights_path)
+    assert a.keys() == b.keys() == start.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(a[k], start[k]) for k in a)  # step 2 did change the weights
 
 
 def test_resumed_run_ends_with_the_same_lora_as_an_uninterrupted_one(tiny_sd, tiny_clip, tmp_path):

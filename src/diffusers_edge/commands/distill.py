@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Sequence
 
 import datasets
@@ -182,3 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(push_distilled(args.output_dir, args.hub_dataset_id, private=args.private))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
