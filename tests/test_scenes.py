@@ -177,3 +177,24 @@ def test_canonical_render_puts_each_object_on_its_cell():
     assert image.getpixel((8, 8)) == (220, 40, 40)  # red circle centred on the top-left cell
     assert image.getpixel((24, 8)) == (45, 85, 235)  # small blue box on the top right
     assert image.getpixel((24, 24)) == (80, 80, 80)  # empty cell: gray background
+
+
+def test_unsaid_variety_against_hand_computed_entropies():
+    red = ShapeObject("circle", "red", "large", "top left")
+    blue = ShapeObject("square", "blue", "small", "top right")
+    one_colour = S.Scene((red, ShapeObject("square", "red", "small", "top right")), "black")
+    two_colours = S.Scene((red, blue), "gray")
+    prompts = ["a red circle", "a red circle", "two shapes on a gray background", "three shapes in red and blue"]
+    generated = [one_colour, one_colour, one_colour, one_colour]
+    real = [two_colours, S.Scene((red, blue), "black"), two_colours, S.Scene((red, blue, WHITE_CROSS), "brown")]
+    variety = S.unsaid_variety(prompts, generated, real)
+    # background unsaid in prompts 0, 1, 3: generated black x3 (0 bits), real gray/black/brown (log2 3 bits)
+    assert variety["background_entropy_generated"] == 0.0
+    assert variety["background_entropy_real"] == pytest.approx(np.log2(3))
+    # count unsaid in prompts 0, 1: both 2 objects everywhere
+    assert variety["count_entropy_real"] == variety["count_entropy_generated"] == 0.0
+    # colours unsaid in prompts 0-2: generated paints everything red (1 colour), real has 2
+    assert (variety["colors_per_scene_generated"], variety["colors_per_scene_real"]) == (1.0, 2.0)
+    assert variety["distinct_scenes_generated"] == 25.0 and variety["distinct_scenes_real"] == 75.0  # 3 of 4
+    with pytest.raises(ValueError, match="as many prompts"):
+        S.unsaid_variety(prompts, generated[:2], real)

@@ -38,7 +38,6 @@ import os
 import random
 import shutil
 import time
-from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,7 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--student_epochs", type=int, default=15, help="pretraining of the scenes student encoder")
     parser.add_argument("--clip_epochs", type=int, default=25)
     parser.add_argument("--bert_epochs", type=int, default=12)
-    parser.add_argument("--captioner_epochs", type=int, default=6)
+    parser.add_argument("--captioner_epochs", type=int, default=None, help="default 6 (one_object), 25 (scenes)")
+    parser.add_argument("--captioner_patch_size", type=int, default=None, help="ViT patch: 4 (one_object), 8 (scenes)")
+    parser.add_argument("--captioner_layers", type=int, default=2, help="ViT encoder and BERT decoder layers, each")
     parser.add_argument("--vae_steps", type=int, default=1500)
     parser.add_argument("--vae_channels", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--unet_steps", type=int, default=1500)
@@ -100,6 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.output_dir = ASSETS / STACK_FOLDERS[args.config]
     if args.judge_epochs is None:
         args.judge_epochs = 40 if args.config == "scenes" else 15
+    if args.captioner_epochs is None:
+        args.captioner_epochs = 25 if args.config == "scenes" else 6
+    if args.captioner_patch_size is None:
+        args.captioner_patch_size = 8 if args.config == "scenes" else 4
     if args.quick:
         args.num_train, args.num_test = min(args.num_train, 600), min(args.num_test, 200)
         args.judge_epochs, args.clip_epochs, args.bert_epochs, args.captioner_epochs = 2, 2, 1, 1
@@ -528,9 +533,10 @@ def train_captioner(args, train: ShapesTensors, test: ShapesTensors, log: dict) 
 
     generator = seed_everything(args.seed + 4)
     tokenizer = build_bert_tokenizer(caption_vocabulary(args.config))
-    encoder = ViTConfig(image_size=32, patch_size=4, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                        num_attention_heads=4)
-    decoder = BertConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+    encoder = ViTConfig(image_size=32, patch_size=args.captioner_patch_size, hidden_size=128, intermediate_size=256,
+                        num_hidden_layers=args.captioner_layers, num_attention_heads=4)
+    decoder = BertConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                         num_hidden_layers=args.captioner_layers,
                          num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, is_decoder=True,
                          add_cross_attention=True, pad_token_id=tokenizer.pad_token_id)
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
@@ -652,6 +658,8 @@ def write_student_image_encoder(args, test: ShapesTensors, log: dict) -> None:
     folder = args.output_dir / "student-image-encoder"
     folder.mkdir(parents=True, exist_ok=True)
     if args.config == "scenes":
+        # the demo student's widths: the 32-256 one costs 2.4x per sample, more than the demo's 15 minutes allow
+        spec["kwargs"] = {"channels": [16, 32, 64, 128], "stem_width": 16}
         generator = seed_everything(args.seed + 7)
         count = 600 if args.quick else STUDENT_PRETRAINING_IMAGES
         data = ShapesTensors.from_dataset(load_captioned_shapes(
@@ -942,7 +950,8 @@ def evaluate_generation(args, test: ShapesTensors, log: dict) -> None:
         images = np.concatenate(images)
         if args.config == "scenes":
             scores = score_claims(images, prompts, judge)
-            scores |= unsaid_variety(prompts, read_scenes(images, judge)[0], [test.scene(i) for i in range(count)])
+            real = [test.scene(i) for i in range(count)]
+            scores |= scenes.unsaid_variety(prompts, read_scenes(images, judge)[0], real)
         else:
             scores = score_prompt_following(images, targets, judge)
         log[f"guidance_{guidance:g}"] = {k: round(v, 2) for k, v in scores.items()}
@@ -950,30 +959,6 @@ def evaluate_generation(args, test: ShapesTensors, log: dict) -> None:
         if guidance == args.guidance_scales[-1]:
             save_grid(images[:64], prompts[:64], args.output_dir / "stable-diffusion-samples.png")
     log.update({"samples": count, "inference_steps": args.inference_steps, "scheduler": "DDIM"})
-
-
-def unsaid_variety(prompts: list[str], generated: list, real: list) -> dict[str, float]:
-    """How varied what the prompts leave unsaid is in generated scenes, next to the real scenes of those prompts.
-
-    Entropy in bits of the background over prompts that do not name it, and of the number of objects over prompts
-    that do not count them, for the judged generated scenes and for the real images the prompts were written for.
-    """
-    def entropy(values: list) -> float:
-        counts = np.array(list(Counter(values).values()), dtype=float)
-        shares = counts / counts.sum()
-        return float(-(shares * np.log2(shares)).sum()) + 0.0  # + 0.0: one value gives 0.0, not -0.0
-
-    claims = [{c.kind for c in scenes.parse_claims(p)} for p in prompts]
-    silent_background = [i for i, kinds in enumerate(claims) if "background" not in kinds]
-    silent_count = [i for i, kinds in enumerate(claims) if not kinds & {"count"}]
-    return {
-        "background_entropy_generated": entropy([generated[i].background for i in silent_background]),
-        "background_entropy_real": entropy([real[i].background for i in silent_background]),
-        "count_entropy_generated": entropy([len(generated[i].objects) for i in silent_count]),
-        "count_entropy_real": entropy([len(real[i].objects) for i in silent_count]),
-        "distinct_scenes_generated": 100.0 * len(set(generated)) / len(generated),
-        "distinct_scenes_real": 100.0 * len(set(real)) / len(real),
-    }
 
 
 def save_grid(images: np.ndarray, prompts: list[str], path: Path) -> None:

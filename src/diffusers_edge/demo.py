@@ -45,6 +45,7 @@ from .evaluation.trainer import TABLE_COLUMNS, mean_std_cell
 
 REAL_ROWS = ("random coreset", "herding", "k-center")
 GENERATED_ROWS = ("plain generation", "EDGE w/o caption synthesis", "EDGE", "EDGE + k-center selection")
+ABLATION_ROWS = ("EDGE w/o L_C", "EDGE w/o L_D")
 SPLIT_ROW = "random coreset at EDGE's split"
 FULL_ROW = "full train split"
 ROW_NOTES = {
@@ -57,6 +58,8 @@ ROW_NOTES = {
     "EDGE w/o caption synthesis": "the EDGE-tuned SD (LoRA, L_C + L_D), same prompts and seeds, 1 caption per image",
     "EDGE": "the EDGE-tuned SD, N/2 images, each with its prompt + 1 caption by the tiny captioner",
     "EDGE + k-center selection": "as EDGE, prompts chosen by k-center over the tiny CLIP's caption embeddings",
+    "EDGE w/o L_C": "as EDGE, from a fine-tune without the contrastive loss (its weight 0; same seed and steps)",
+    "EDGE w/o L_D": "as EDGE, from a fine-tune without the diversity loss (its weight 0; same seed and steps)",
     FULL_ROW: "every train image with all its captions: the upper reference",
 }
 
@@ -66,12 +69,15 @@ class DemoConfig:
 
     Attributes:
         output_dir: where `report.md`, `results.json`, `samples.png` and `sets/` go.
+        shapes_config: the captioned-shapes world and its stack (`scenes`, the default, or `one_object`).
         cache_dir: datasets cache and cached pool embeddings / full-split reference (default `output_dir/cache`).
         pretrained_model_name_or_path: the Stable Diffusion folder both generators start from (default: the
             stack's `stable-diffusion/`); it must draw 32 px shapes with the stack's CLIP tokenizer.
         budgets: distilled-set sizes in (image, caption) pairs.
-        seeds: one student run per seed (the generator and the distilled sets use `generation_seed`).
-        generation_seed: seeds the fine-tune, the prompt selection and every generated image.
+        seeds: one student run per seed and generated set (coresets draw their pairs with the student seed).
+        generation_seeds: one fine-tune, prompt selection and set of generated images per seed; every generated
+            row is measured over generation seeds x student seeds.
+        ablations: also fine-tune without L_C and without L_D (rows `ABLATION_ROWS`, distilled as the EDGE row).
         train_steps: EDGE fine-tuning steps (LoRA).
         train_batch_size: images per fine-tuning step.
         learning_rate: LoRA learning rate.
@@ -90,7 +96,9 @@ class DemoConfig:
         student_batch_size: student batch size.
         student_eval_every: evaluate the student every N epochs (the last epoch always).
         student_lr: SGD learning rate of the student.
-        student_channels: stage widths of the student's timm `resnet10t`.
+        student_channels: stage widths of the student's timm `resnet10t` when it starts from random weights.
+        student_pretrained: start the student's image encoder from the stack's pretrained one (its architecture and
+            weights, `student-image-encoder/`); `None`: when the stack ships weights (`scenes` does).
         test_images: test images used for recall@K (the first N of the 1000-image test split).
         full_images: train images of the full-split reference (5000 = all of them).
         full_epochs: epochs of the full-split reference (an epoch there is 25000 pairs).
@@ -101,11 +109,13 @@ class DemoConfig:
     """
 
     output_dir: str = "edge-demo"
+    shapes_config: str = "scenes"
     cache_dir: str | None = None
     pretrained_model_name_or_path: str | None = None
     budgets: list[int] = field(default_factory=lambda: [100, 200])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    generation_seed: int = 0
+    generation_seeds: list[int] = field(default_factory=lambda: [0])
+    ablations: bool = False
     train_steps: int = 100
     train_batch_size: int = 32
     learning_rate: float = 5e-4
@@ -125,6 +135,7 @@ class DemoConfig:
     student_eval_every: int = 5
     student_lr: float = 0.1
     student_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    student_pretrained: bool | None = None
     test_images: int = 500
     full_images: int = 5000
     full_epochs: int = 1
@@ -145,8 +156,12 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.budgets must be pair counts >= 2, got {self.budgets!r}.")
         if self.clip_batch_size is not None and self.clip_batch_size < 1:
             raise ValueError(f"DemoConfig.clip_batch_size must be >= 1 when given, got {self.clip_batch_size}.")
-        if not self.seeds:
-            raise ValueError("DemoConfig.seeds needs at least one seed.")
+        if not self.seeds or not self.generation_seeds:
+            raise ValueError("DemoConfig.seeds and DemoConfig.generation_seeds need at least one seed each.")
+        from .data.stack import STACK_FOLDERS
+
+        if self.shapes_config not in STACK_FOLDERS:
+            raise ValueError(f"DemoConfig.shapes_config must be in {list(STACK_FOLDERS)}, got {self.shapes_config!r}.")
         if self.clip_loss_inputs not in ("one_step", "rollout"):
             raise ValueError(
                 f"DemoConfig.clip_loss_inputs must be 'one_step' or 'rollout', got {self.clip_loss_inputs!r}."
@@ -158,6 +173,7 @@ class DemoConfig:
             )
         self.budgets = [int(b) for b in self.budgets]
         self.seeds = [int(s) for s in self.seeds]
+        self.generation_seeds = [int(s) for s in self.generation_seeds]
         self.student_channels = [int(c) for c in self.student_channels]
 
     @classmethod
@@ -188,9 +204,26 @@ class DemoConfig:
 
     def stable_diffusion(self) -> str:
         """The Stable Diffusion folder the generators start from (the stack's unless set)."""
+        return self.pretrained_model_name_or_path or str(self.stack("stable-diffusion"))
+
+    def stack(self, component: str) -> Path:
+        """A component folder of the stack of `shapes_config`."""
         from .data.stack import shapes_stack_path
 
-        return self.pretrained_model_name_or_path or str(shapes_stack_path("stable-diffusion"))
+        return shapes_stack_path(component, config=self.shapes_config)
+
+    def student_encoder(self) -> tuple[str, dict[str, Any], Path | None]:
+        """The student's timm image encoder: model name, architecture arguments and the weights it starts from."""
+        spec = json.loads((self.stack("student-image-encoder") / "config.json").read_text(encoding="utf-8"))
+        pretrained = self.student_pretrained
+        if pretrained is None:
+            pretrained = bool(spec.get("checkpoint"))
+        if not pretrained:
+            return "resnet10t", {"channels": self.student_channels, "stem_width": 16}, None
+        if not spec.get("checkpoint"):
+            raise ValueError(f"The {self.shapes_config} stack ships no pretrained student image encoder; "
+                             "set student_pretrained=False (--no_student_pretrained).")
+        return spec["model_name"], spec["kwargs"], self.stack("student-image-encoder") / spec["checkpoint"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -235,7 +268,8 @@ class StudentEvaluator:
     Args:
         test: the test split (normalized form).
         config: the student protocol (`protocol_config`).
-        image_encoder: timm model name; `image_encoder_kwargs` its architecture arguments (random init).
+        image_encoder: timm model name; `image_encoder_kwargs` its architecture arguments.
+        image_encoder_checkpoint: weights every student's image encoder starts from (`None`: random init).
         text_encoder: the frozen text encoder folder; `text_pooling` its pooling.
         device: where the student runs.
         progress: show per-run progress bars.
@@ -257,6 +291,7 @@ class StudentEvaluator:
         text_pooling: str = "cls",
         device: str = "cpu",
         progress: bool = True,
+        image_encoder_checkpoint: str | Path | None = None,
     ) -> None:
         from .evaluation.student import FrozenTextEncoder
         from .evaluation.trainer import prepare_pairs
@@ -264,6 +299,7 @@ class StudentEvaluator:
         self.config = config
         self.image_encoder = image_encoder
         self.image_encoder_kwargs = dict(image_encoder_kwargs)
+        self.image_encoder_checkpoint = image_encoder_checkpoint
         self.device = device
         self.progress = progress
         self.texts = FrozenTextEncoder(str(text_encoder), config.max_text_length, device=device, pooling=text_pooling)
@@ -289,6 +325,7 @@ class StudentEvaluator:
                 self.image_encoder,
                 text_dim=self.texts.hidden_size,
                 pretrained=False,
+                checkpoint=self.image_encoder_checkpoint,
                 dropout=self.config.dropout,
                 logit_scale=self.config.logit_scale,
                 **self.image_encoder_kwargs,
@@ -327,41 +364,53 @@ class StudentEvaluator:
 def _load_data(config: DemoConfig, cache: Path) -> datasets.DatasetDict:
     from .data.shapes import load_captioned_shapes
 
-    # the split sizes and seed the shipped stack was trained on (docs/shapes-stack.md)
-    return load_captioned_shapes("one_object", seed=0, num_train=5000, num_val=0, num_test=1000, cache_dir=cache)
+    # the split sizes and seed the shipped stacks were trained on (docs/shapes-stack.md)
+    return load_captioned_shapes(
+        config.shapes_config, seed=0, num_train=5000, num_val=0, num_test=1000, cache_dir=cache
+    )
 
 
-def _finetune_argv(config: DemoConfig, output_dir: Path) -> list[str]:
-    """The `diffusers-edge train` flags of the demo's fine-tune."""
-    from .data.stack import shapes_stack_path
-
+def _finetune_argv(
+    config: DemoConfig, output_dir: Path, seed: int | None = None, weights: dict[str, float] | None = None
+) -> list[str]:
+    """The `diffusers-edge train` flags of the demo's fine-tune (`seed`: the first generation seed unless given;
+    `weights`: loss weights that replace the config's, e.g. `{"contrastive_weight": 0.0}` for an ablation)."""
+    weights = {
+        "contrastive_weight": config.contrastive_weight,
+        "diversity_weight": config.diversity_weight,
+        "denoise_weight": config.denoise_weight,
+    } | (weights or {})
     return [
         "--pretrained_model_name_or_path", config.stable_diffusion(),
-        "--clip_model_name_or_path", str(shapes_stack_path("clip")),
+        "--clip_model_name_or_path", str(config.stack("clip")),
         "--output_dir", str(output_dir),
         "--resolution", "32",
         "--train_batch_size", str(config.train_batch_size),
         "--max_train_steps", str(config.train_steps),
         "--learning_rate", str(config.learning_rate),
         "--rank", str(config.lora_rank),
-        "--contrastive_weight", str(config.contrastive_weight),
-        "--diversity_weight", str(config.diversity_weight),
-        "--denoise_weight", str(config.denoise_weight),
+        *[item for name, value in weights.items() for item in (f"--{name}", str(value))],
         "--loss_max_timestep", str(config.loss_max_timestep),
         "--clip_loss_inputs", config.clip_loss_inputs,
         *(["--lora_layers", config.lora_layers] if config.lora_layers else []),
         *(["--clip_batch_size", str(config.clip_batch_size)] if config.clip_batch_size else []),
         "--rollout_guidance_scale", str(config.guidance_scale),
-        "--seed", str(config.generation_seed),
+        "--seed", str(config.generation_seeds[0] if seed is None else seed),
         "--checkpointing_steps", str(10**9),
         "--report_to", "none",
     ]  # fmt: skip
 
 
-def _finetune(config: DemoConfig, train_split: datasets.Dataset, output_dir: Path) -> dict[str, Any]:
+def _finetune(
+    config: DemoConfig,
+    train_split: datasets.Dataset,
+    output_dir: Path,
+    seed: int | None = None,
+    weights: dict[str, float] | None = None,
+) -> dict[str, Any]:
     from .training import parse_args, train
 
-    argv = _finetune_argv(config, output_dir)
+    argv = _finetune_argv(config, output_dir, seed, weights)
     args = parse_args(argv)
     result = train(args, dataset=train_split)
     return {
@@ -372,31 +421,38 @@ def _finetune(config: DemoConfig, train_split: datasets.Dataset, output_dir: Pat
     }
 
 
-def _pipelines(config: DemoConfig, lora_dir: Path, device: str) -> tuple[Any, Any]:
+def _pipeline(config: DemoConfig, device: str, lora_dir: Path | None = None) -> Any:
+    """The stack's Stable Diffusion as an `EDGEPipeline`: untuned, or with the LoRA weights in `lora_dir`."""
     from transformers import CLIPModel, CLIPProcessor
 
-    from .data.stack import shapes_stack_path
     from .pipeline_edge import EDGEPipeline
 
-    sd = config.stable_diffusion()
-    plain = EDGEPipeline.from_pretrained(sd).to(device)
-    edge = EDGEPipeline.from_pretrained(
-        sd,
-        clip_model=CLIPModel.from_pretrained(shapes_stack_path("clip")),
-        clip_processor=CLIPProcessor.from_pretrained(shapes_stack_path("clip")),
-    ).to(device)
-    edge.load_lora_weights(str(lora_dir))
-    for pipe in (plain, edge):
-        pipe.set_progress_bar_config(disable=True)
-    return plain, edge
+    if lora_dir is None:
+        pipe = EDGEPipeline.from_pretrained(config.stable_diffusion())
+    else:
+        clip = {"clip_model": CLIPModel.from_pretrained(config.stack("clip"))}
+        clip["clip_processor"] = CLIPProcessor.from_pretrained(config.stack("clip"))
+        pipe = EDGEPipeline.from_pretrained(config.stable_diffusion(), **clip)
+        pipe.load_lora_weights(str(lora_dir))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
 
 
 def _distill_sets(
-    config: DemoConfig, budget: int, source: datasets.Dataset, plain: Any, edge: Any, captioner: Any, sets: Path
+    config: DemoConfig,
+    budget: int,
+    source: datasets.Dataset,
+    pipes: dict[str, Any],
+    captioner: Any,
+    sets: Path,
+    seed: int,
 ) -> dict[str, tuple[datasets.Dataset, Path]]:
-    """The four generated sets of one budget, written under `sets/`."""
+    """The generated sets of one budget and generation seed, written under `sets/`.
+
+    `pipes` maps `"plain"`, `"edge"` and, with ablations, `"edge w/o L_C"` / `"edge w/o L_D"` to pipelines.
+    """
     common = {
-        "seed": config.generation_seed,
+        "seed": seed,
         "num_inference_steps": config.inference_steps,
         "guidance_scale": config.guidance_scale,
         "batch_size": 50,
@@ -405,15 +461,18 @@ def _distill_sets(
     }
     cpi = config.captions_per_image
     plans = {
-        "plain generation": (plain, "plain", 1, "random"),
-        "EDGE w/o caption synthesis": (edge, "edge-cpi1", 1, "random"),
-        "EDGE": (edge, f"edge-cpi{cpi}", cpi, "random"),
-        "EDGE + k-center selection": (edge, f"edge-cpi{cpi}-kcenter", cpi, "kcenter"),
+        "plain generation": ("plain", "plain", 1, "random"),
+        "EDGE w/o caption synthesis": ("edge", "edge-cpi1", 1, "random"),
+        "EDGE": ("edge", f"edge-cpi{cpi}", cpi, "random"),
+        "EDGE + k-center selection": ("edge", f"edge-cpi{cpi}-kcenter", cpi, "kcenter"),
     }
+    if config.ablations:
+        plans["EDGE w/o L_C"] = ("edge w/o L_C", f"edge-no-lc-cpi{cpi}", cpi, "random")
+        plans["EDGE w/o L_D"] = ("edge w/o L_D", f"edge-no-ld-cpi{cpi}", cpi, "random")
     out = {}
     for label, (pipe, name, per_image, selection) in plans.items():
-        folder = sets / f"{name}-{budget}"
-        distilled = pipe.distill(
+        folder = sets / f"{name}-{budget}-g{seed}"
+        distilled = pipes[pipe].distill(
             source,
             num_pairs=budget,
             captions_per_image=per_image,
@@ -426,37 +485,44 @@ def _distill_sets(
     return out
 
 
-def _pool_embeddings(train_split: datasets.Dataset, cache: Path, device: str) -> Any:
+def _pool_embeddings(config: DemoConfig, train_split: datasets.Dataset, cache: Path, device: str) -> Any:
     """The tiny CLIP's embeddings of every train image and caption, cached as safetensors."""
     from safetensors.torch import load_file, save_file
 
     from .coreset import PoolEmbeddings, embed_pool
-    from .data.stack import shapes_stack_path
 
-    # the data is fixed (one_object, seed 0, 5000 images); the key is the CLIP weights that embed it
-    path = cache / f"pool-embeddings-{train_split.num_rows}-{_file_digest('clip', 'model.safetensors')}.safetensors"
+    # the data is fixed per world (seed 0, 5000 images); the key is the world and the CLIP weights that embed it
+    digest = _file_digest(config.stack("clip") / "model.safetensors")
+    path = cache / f"pool-embeddings-{config.shapes_config}-{train_split.num_rows}-{digest}.safetensors"
     if path.is_file():
         tensors = load_file(str(path))
         counts = tensors["counts"].tolist()
         return PoolEmbeddings(tensors["image"], list(tensors["captions"].split(counts)))
-    embeddings = embed_pool(train_split, shapes_stack_path("clip"), device=device)
+    embeddings = embed_pool(train_split, config.stack("clip"), device=device)
     counts = torch.tensor([len(c) for c in embeddings.captions])
     cache.mkdir(parents=True, exist_ok=True)
     save_file({"image": embeddings.image, "captions": torch.cat(embeddings.captions), "counts": counts}, str(path))
     return embeddings
 
 
-def _generation_diagnostics(distilled: datasets.Dataset, judge: Any, clip: tuple[Any, Any]) -> dict[str, Any]:
-    """Judge prompt following (against the prompt), distinct judged scenes, CLIP alignment and similarity."""
-    from .data.shapes import parse_caption
-    from .judge import judge_images, score_prompt_following
+def _generation_diagnostics(
+    distilled: datasets.Dataset, judge: Any, clip: tuple[Any, Any], source: datasets.Dataset
+) -> dict[str, Any]:
+    """How well a generated set follows its prompts (judged), how varied it is, and CLIP alignment and similarity.
+
+    `one_object`: the attribute judge against `parse_caption(prompt)`, and shape+colour of synthesized captions
+    against what the judge sees. `scenes`: the scene judge's claim accuracy of each prompt on its image, the variety
+    of what prompts leave unsaid (next to the prompts' real source images), and the claim accuracy of synthesized
+    captions against the judged scene of their image (does the captioner read what was drawn?).
+    """
     from .selection import embed_captions
 
     images = list(distilled["image"])
     prompts = list(distilled["prompt"])
-    scores = score_prompt_following(images, [parse_caption(p) for p in prompts], judge)
-    judged = judge_images(images, judge)
-    scenes = {tuple(judged[k][i] for k in sorted(judged)) for i in range(len(images))}
+    if "background" in source.features:  # the scenes world
+        diagnostics = _scene_diagnostics(distilled, judge, source)
+    else:
+        diagnostics = _attribute_diagnostics(distilled, judge)
     model, processor = clip
     with torch.inference_mode():
         pixels = processor(images=images, return_tensors="pt")["pixel_values"]
@@ -467,16 +533,46 @@ def _generation_diagnostics(distilled: datasets.Dataset, judge: Any, clip: tuple
     n = len(images)
     similarity = image_embeds @ image_embeds.T
     off_diagonal = (similarity.sum() - similarity.diagonal().sum()) / max(n * (n - 1), 1)
-    diagnostics = {
-        "prompt_following": scores,
-        "distinct_judged_scenes": len(scenes),
+    diagnostics |= {
         "images": n,
         "clip_alignment": float((image_embeds * text_embeds).sum(-1).mean()),
         "clip_image_similarity": float(off_diagonal),
     }
-    synthesized = [c for caps in distilled["captions"] for c in caps[1:]]
-    if synthesized:
+    return diagnostics
+
+
+def _attribute_diagnostics(distilled: datasets.Dataset, judge: Any) -> dict[str, Any]:
+    from .data.shapes import parse_caption
+    from .judge import judge_images, score_prompt_following
+
+    images = list(distilled["image"])
+    scores = score_prompt_following(images, [parse_caption(p) for p in distilled["prompt"]], judge)
+    judged = judge_images(images, judge)
+    scenes = {tuple(judged[k][i] for k in sorted(judged)) for i in range(len(images))}
+    diagnostics = {"prompt_following": scores, "distinct_judged_scenes": len(scenes)}
+    if any(len(caps) > 1 for caps in distilled["captions"]):
         diagnostics["synthesized_captions"] = _caption_agreement(distilled, judged)
+    return diagnostics
+
+
+def _scene_diagnostics(distilled: datasets.Dataset, judge: Any, source: datasets.Dataset) -> dict[str, Any]:
+    from .data.scenes import SCENE_LABELS, claim_accuracy, scene_from_columns, unsaid_variety
+    from .judge import read_scenes, score_claims
+
+    images, prompts = list(distilled["image"]), list(distilled["prompt"])
+    judged, _ = read_scenes(images, judge)
+    row = {image_id: i for i, image_id in enumerate(source["image_id"])}
+    columns = source.select([row[i] for i in distilled["source_image_id"]]).select_columns(list(SCENE_LABELS))
+    real = [scene_from_columns({k: columns.features[k].int2str(v) for k, v in r.items()}) for r in columns]
+    diagnostics = {
+        "prompt_following": score_claims(images, prompts, judge),
+        "distinct_judged_scenes": len(set(judged)),
+        "unsaid": unsaid_variety(prompts, judged, real),
+    }
+    synthesized = [(c, judged[i]) for i, caps in enumerate(distilled["captions"]) for c in caps[1:]]
+    if synthesized:
+        captions, scenes = zip(*synthesized)
+        diagnostics["synthesized_captions"] = claim_accuracy(captions, scenes) | {"captions": len(captions)}
     return diagnostics
 
 
@@ -533,13 +629,15 @@ def _full_reference(
 ) -> dict[str, Any]:
     """The full-split row, cached under `cache/` by its settings (it costs more than all other rows together)."""
     student = _student_config(config, config.full_epochs)
+    name, kwargs, checkpoint = config.student_encoder()
     key = {
         "protocol": student.to_dict(),
-        "channels": config.student_channels,
+        "world": config.shapes_config,
+        "image_encoder": [name, kwargs, None if checkpoint is None else _file_digest(checkpoint)],
         "full_images": config.full_images,
         "test_images": config.test_images,
         "seeds": config.seeds,
-        "text_encoder_weights": _file_digest("text-encoder", "model.safetensors"),
+        "text_encoder_weights": _file_digest(config.stack("text-encoder") / "model.safetensors"),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"full-reference-{digest}.json"
@@ -553,24 +651,22 @@ def _full_reference(
     return {**results, "cached": None}
 
 
-def _file_digest(component: str, name: str) -> str:
-    from .data.stack import shapes_stack_path
-
-    return hashlib.sha256((shapes_stack_path(component) / name).read_bytes()).hexdigest()[:16]
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _evaluator(config: DemoConfig, student: Any, test: datasets.Dataset, device: str) -> StudentEvaluator:
-    from .data.stack import shapes_stack_path
-
+    name, kwargs, checkpoint = config.student_encoder()
     return StudentEvaluator(
         test,
         student,
-        "resnet10t",
-        {"channels": config.student_channels, "stem_width": 16},
-        shapes_stack_path("text-encoder"),
+        name,
+        kwargs,
+        config.stack("text-encoder"),
         text_pooling="cls",
         device=device,
         progress=config.progress,
+        image_encoder_checkpoint=checkpoint,
     )
 
 
@@ -594,7 +690,6 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
 
     from .captioning import Captioner
     from .coreset import select_coreset
-    from .data.stack import shapes_stack_path
     from .judge import load_judge
 
     config = config or DemoConfig()
@@ -606,34 +701,54 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
     cache = Path(config.cache_dir) if config.cache_dir else output_dir / "cache"
     output_dir.mkdir(parents=True, exist_ok=True)
     stage = _Stages(log)
-    log(f"[demo] writing to {output_dir} on {device}; budgets {config.budgets}, seeds {config.seeds}")
+    log(f"[demo] {config.shapes_config} world, writing to {output_dir} on {device}; budgets {config.budgets}, "
+        f"student seeds {config.seeds}, generation seeds {config.generation_seeds}")
 
     with stage("data"):
         shapes = _load_data(config, cache)
         train_split = shapes["train"]
         test = shapes["test"].select(range(config.test_images))
-    with stage("fine-tune"):
-        finetune = _finetune(config, train_split, output_dir / "edge-lora")
-    with stage("distill"):
-        plain, edge = _pipelines(config, output_dir / "edge-lora", device)
-        captioner = Captioner.from_pretrained(shapes_stack_path("captioner"), device=device)
-        generated = {
-            budget: _distill_sets(config, budget, train_split, plain, edge, captioner, output_dir / "sets")
-            for budget in config.budgets
-        }
+    variants = {"edge": None}
+    if config.ablations:
+        variants |= {"edge w/o L_C": {"contrastive_weight": 0.0}, "edge w/o L_D": {"diversity_weight": 0.0}}
+    finetunes: dict[str, dict[str, Any]] = {}
+    # generated[budget][label]: one (set, folder) per generation seed
+    generated: dict[int, dict[str, list[tuple[datasets.Dataset, Path]]]] = {b: {} for b in config.budgets}
+    with stage("load models"):
+        captioner = Captioner.from_pretrained(config.stack("captioner"), device=device)
+        plain = _pipeline(config, device)
+    for seed in config.generation_seeds:
+        pipes = {"plain": plain}
+        for variant, weights in variants.items():
+            folder = output_dir / f"{variant.replace(' w/o ', '-no-').replace('_', '').lower()}-lora-g{seed}"
+            with stage("fine-tune"):
+                finetune = _finetune(config, train_split, folder, seed, weights)
+            finetunes[f"{variant} (generation seed {seed})"] = finetune
+            pipes[variant] = _pipeline(config, device, folder)
+        with stage("distill"):
+            for budget in config.budgets:
+                sets = _distill_sets(config, budget, train_split, pipes, captioner, output_dir / "sets", seed)
+                for label, item in sets.items():
+                    generated[budget].setdefault(label, []).append(item)
     with stage("judge"):
-        judge = load_judge(device=device)
-        clip_path = shapes_stack_path("clip")
+        judge = load_judge(config.stack("judge"), device=device)
+        clip_path = config.stack("clip")
         clip = (CLIPModel.from_pretrained(clip_path), CLIPProcessor.from_pretrained(clip_path))
         diagnostics = {
-            str(budget): {label: _generation_diagnostics(ds, judge, clip) for label, (ds, _) in sets.items()}
+            str(budget): {
+                label: _mean_over_seeds(
+                    [_generation_diagnostics(ds, judge, clip, train_split) for ds, _ in per_seed]
+                )
+                for label, per_seed in sets.items()
+            }
             for budget, sets in generated.items()
         }
         for budget, sets in generated.items():
-            change = pixel_change(sets["plain generation"][0], sets["EDGE w/o caption synthesis"][0])
+            pairs = zip(sets["plain generation"], sets["EDGE w/o caption synthesis"])
+            change = float(np.mean([pixel_change(plain_set, edge_set) for (plain_set, _), (edge_set, _) in pairs]))
             diagnostics[str(budget)]["EDGE w/o caption synthesis"]["pixel_change_vs_plain"] = change
     with stage("coreset embeddings"):
-        embeddings = _pool_embeddings(train_split, cache, device)
+        embeddings = _pool_embeddings(config, train_split, cache, device)
     student = _student_config(config, config.student_epochs)
     rows: dict[str, dict[str, Any]] = {}
     with stage("evaluate"):
@@ -653,15 +768,18 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
                     ),
                     config.seeds,
                 )
-            for label, (distilled, _) in generated[budget].items():
-                log(f"[demo] student: {label}, {budget} pairs, seeds {config.seeds}")
-                rows[str(budget)][label] = evaluator.evaluate(lambda seed, d=distilled: d, config.seeds)
+            for label, per_seed in generated[budget].items():
+                log(f"[demo] student: {label}, {budget} pairs, seeds {config.seeds} x generation seeds "
+                    f"{config.generation_seeds}")
+                evaluations = [evaluator.evaluate(lambda seed, d=ds: d, config.seeds) for ds, _ in per_seed]
+                rows[str(budget)][label] = _pool_generation_seeds(evaluations, config.generation_seeds)
     with stage("full-split reference"):
         full = _full_reference(config, train_split, test, cache, device)
     with stage("report"):
-        results = _results(config, finetune, generated, diagnostics, rows, full, stage.seconds, device)
+        results = _results(config, finetunes, generated, diagnostics, rows, full, stage.seconds, device)
         results["seconds"] = {**stage.seconds, "total": time.perf_counter() - started}
-        write_samples_grid(train_split, generated[config.budgets[0]], output_dir / "samples.png")
+        first = {label: per_seed[0] for label, per_seed in generated[config.budgets[0]].items()}
+        write_samples_grid(train_split, first, output_dir / "samples.png")
         (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         (output_dir / "report.md").write_text(render_report(results), encoding="utf-8")
     results["seconds"]["total"] = time.perf_counter() - started
@@ -671,10 +789,33 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
     return results
 
 
+def _mean_over_seeds(values: list[Any]) -> Any:
+    """The element-wise mean of JSON-like values of one shape (numbers averaged, everything else from the first)."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _mean_over_seeds([v[k] for v in values]) for k in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return float(np.mean(values))
+    return first
+
+
+def _pool_generation_seeds(evaluations: list[dict[str, Any]], generation_seeds: Sequence[int]) -> dict[str, Any]:
+    """One row from the evaluations of the sets of several generation seeds: every run kept (tagged with its
+    generation seed) and mean ± std over all of them (generation seeds x student seeds)."""
+    from .evaluation.trainer import summarize
+
+    runs = [run | {"generation_seed": g} for g, ev in zip(generation_seeds, evaluations) for run in ev["runs"]]
+    pooled = dict(evaluations[0])
+    pooled["runs"] = runs
+    pooled["generation_seeds"] = list(generation_seeds)
+    pooled["summary"] = {which: summarize([run[which] for run in runs]) for which in ("last", "best")}
+    return pooled
+
+
 def _results(
     config: DemoConfig,
-    finetune: dict[str, Any],
-    generated: dict[int, dict[str, tuple[datasets.Dataset, Path]]],
+    finetunes: dict[str, dict[str, Any]],
+    generated: dict[int, dict[str, list[tuple[datasets.Dataset, Path]]]],
     diagnostics: dict[str, Any],
     rows: dict[str, dict[str, Any]],
     full: dict[str, Any],
@@ -685,22 +826,33 @@ def _results(
     for budget, table in rows.items():
         edge = table["EDGE"]["summary"]["last"]["r_mean"]
         plain = table["plain generation"]["summary"]["last"]["r_mean"]
+        kcenter = table["EDGE + k-center selection"]["summary"]["last"]["r_mean"]
+        random = table["random coreset"]["summary"]["last"]["r_mean"]
         comparison[budget] = {
             "EDGE r_mean (last)": edge,
             "plain generation r_mean (last)": plain,
             "EDGE minus plain (r_mean, last)": edge["mean"] - plain["mean"],
             "EDGE beats plain": edge["mean"] > plain["mean"],
+            # beyond the spread: mean - std of EDGE above mean + std of plain generation
+            "EDGE beats plain beyond the spread": edge["mean"] - edge["std"] > plain["mean"] + plain["std"],
+            "EDGE + k-center minus random coreset (r_mean, last)": kcenter["mean"] - random["mean"],
         }
         if SPLIT_ROW in table:
             comparison[budget][f"{SPLIT_ROW} r_mean (last)"] = table[SPLIT_ROW]["summary"]["last"]["r_mean"]
+    name, kwargs, checkpoint = config.student_encoder()
     return {
         "settings": config.to_dict(),
         "student_protocol": _student_config(config, config.student_epochs).to_dict(),
-        "student": {"image_encoder": "resnet10t", "channels": config.student_channels, "stem_width": 16,
-                    "pretrained": False, "text_encoder": "shapes-stack text-encoder (frozen BERT)", "pooling": "cls"},
-        "finetune": finetune,
-        "distilled_sets": {
-            str(b): {label: str(folder) for label, (_, folder) in sets.items()} for b, sets in generated.items()
+        "student": {"image_encoder": name, **kwargs, "pretrained": None if checkpoint is None else str(checkpoint),
+                    "text_encoder": f"{config.shapes_config} stack text-encoder (frozen BERT)", "pooling": "cls"},
+        "finetune": next(iter(finetunes.values())),
+        "finetunes": finetunes,
+        "distilled_sets": {  # the first generation seed's sets; every seed's in distilled_sets_per_generation_seed
+            str(b): {label: str(per_seed[0][1]) for label, per_seed in sets.items()} for b, sets in generated.items()
+        },
+        "distilled_sets_per_generation_seed": {
+            str(b): {label: [str(folder) for _, folder in per_seed] for label, per_seed in sets.items()}
+            for b, sets in generated.items()
         },
         "generation": diagnostics,
         "tables": rows,
@@ -743,7 +895,33 @@ def results_markdown(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _scene_generation_table(diagnostics: dict[str, dict[str, Any]]) -> str:
+    kinds = ("object", "relation", "count", "colors", "background")
+    lines = [
+        "| generated set | images | prompt claims right: all | " + " | ".join(kinds) + " | judged with confidence "
+        ">= 0.9 | distinct judged scenes | background entropy, unsaid: generated / real (bits) | colours per "
+        "scene, unsaid: generated / real | CLIP image-prompt cosine | CLIP image-image cosine | synthesized "
+        "captions: claims right as judged |",
+        "|" + "---|" * 14,
+    ]
+    for label, d in diagnostics.items():
+        s, unsaid = d["prompt_following"], d["unsaid"]
+        caps = d.get("synthesized_captions")
+        per_kind = " | ".join(f"{s[k]:.1f}" if k in s else "–" for k in kinds)
+        synth = f"{caps['all']:.1f}" if caps else "–"
+        lines.append(
+            f"| {label} | {d['images']:.0f} | {s['all']:.1f} | {per_kind} | {s['confident']:.1f} | "
+            f"{d['distinct_judged_scenes']:.0f} | {unsaid['background_entropy_generated']:.2f} / "
+            f"{unsaid['background_entropy_real']:.2f} | {unsaid['colors_per_scene_generated']:.2f} / "
+            f"{unsaid['colors_per_scene_real']:.2f} | {d['clip_alignment']:.3f} | "
+            f"{d['clip_image_similarity']:.3f} | {synth} |"
+        )
+    return "\n".join(lines)
+
+
 def _generation_table(diagnostics: dict[str, dict[str, Any]]) -> str:
+    if "unsaid" in next(iter(diagnostics.values())):
+        return _scene_generation_table(diagnostics)
     lines = [
         "| generated set | images | shape | colour | size | position | shape+colour | all | distinct judged scenes "
         "| CLIP image-prompt cosine | CLIP image-image cosine | synthesized captions parsed / shape+colour right |",
@@ -770,10 +948,12 @@ def render_report(results: dict[str, Any]) -> str:
     settings = results["settings"]
     protocol = results["student_protocol"]
     out = [
-        "# EDGE demo on captioned shapes" + (" (quick smoke run)" if settings["quick"] else ""),
+        f"# EDGE demo on captioned shapes (`{settings['shapes_config']}`)"
+        + (" (quick smoke run)" if settings["quick"] else ""),
         "",
-        "Everything below was measured by this run (`diffusers-edge demo`), offline, with the tiny shapes stack "
-        "(docs/shapes-stack.md). Rows are explained in docs/demo.md.",
+        "Everything below was measured by this run (`diffusers-edge demo`), offline, with the tiny stack of the "
+        f"`{settings['shapes_config']}` world (docs/shapes-stack.md). Rows are explained in docs/demo.md. Generated "
+        f"rows pool generation seeds {settings['generation_seeds']} x student seeds {settings['seeds']}.",
         "",
         "## Wall time per stage",
         "",
@@ -787,10 +967,13 @@ def render_report(results: dict[str, Any]) -> str:
         out += [f"## {budget} pairs", "", results_markdown({**rows, **full}), ""]
         c = results["comparison"][budget]
         verdict = "beats" if c["EDGE beats plain"] else "does NOT beat"
+        spread = "beyond" if c["EDGE beats plain beyond the spread"] else "not beyond"
         out += [
             f"EDGE {verdict} plain generation at {budget} pairs: r_mean (last epoch) "
             f"{mean_std_cell(c['EDGE r_mean (last)'])} vs {mean_std_cell(c['plain generation r_mean (last)'])} "
-            f"(difference {c['EDGE minus plain (r_mean, last)']:+.1f}).",
+            f"(difference {c['EDGE minus plain (r_mean, last)']:+.1f}, {spread} the spread of mean ± std). EDGE + "
+            "k-center selection minus random real pairs: "
+            f"{c['EDGE + k-center minus random coreset (r_mean, last)']:+.1f}.",
             "",
         ]
         if f"{SPLIT_ROW} r_mean (last)" in c:
@@ -801,7 +984,9 @@ def render_report(results: dict[str, Any]) -> str:
                 "",
             ]
         out += [
-            "Generators (judge = attribute classifier, percent of images whose attribute matches the prompt):",
+            "Generators, judged (`scenes`: percent of the prompt's claims that hold for the image as the scene judge "
+            "reads it; `one_object`: percent of images whose attribute matches the prompt; means over generation "
+            "seeds):",
             "",
             _generation_table(results["generation"][budget]),
             "",
@@ -813,15 +998,20 @@ def render_report(results: dict[str, Any]) -> str:
     out += [
         "## Settings",
         "",
-        f"Student: timm `resnet10t` (channels {results['student']['channels']}, stem 16, random init), frozen "
-        f"shapes-stack BERT (CLS), protocol `{protocol['name']}`: SGD lr {protocol['lr']}, momentum "
+        f"Student: timm `{results['student']['image_encoder']}` (channels {results['student']['channels']}, stem "
+        f"{results['student']['stem_width']}, "
+        + ("random init" if results["student"]["pretrained"] is None else "starting from the stack's pretrained "
+           "student image encoder")
+        + f"), frozen {settings['shapes_config']}-stack BERT (CLS), protocol `{protocol['name']}`: SGD lr "
+        f"{protocol['lr']}, momentum "
         f"{protocol['momentum']}, weight decay {protocol['weight_decay']}, batch {protocol['batch_size']}, "
         f"{protocol['epochs']} epochs (x{protocol['lr_gamma']} after epoch {protocol['lr_milestones']}), evaluated "
         f"every {protocol['eval_every']} epochs, {protocol['image_size']} px, test = first {settings['test_images']} "
         f"test images with their 5 captions each. Full-split reference: the first {settings['full_images']} train "
         f"images, all captions, {settings['full_epochs']} epoch(s). Seeds {settings['seeds']}: one fresh student "
-        "per seed; coresets draw with the student seed, generated sets are fixed (generation seed "
-        f"{settings['generation_seed']}). Last = final epoch; best = highest r_mean among the evaluations, selected "
+        "per seed; coresets draw with the student seed, generated sets come from generation seeds "
+        f"{settings['generation_seeds']} (each its own fine-tune, prompts and images). Last = final epoch; best = "
+        "highest r_mean among the evaluations, selected "
         "on the test split (optimistic, as LoRS does).",
         "",
         "Fine-tune command (run in-process): `" + " ".join(results["finetune"]["command"]) + "`",

@@ -27,13 +27,21 @@ def build_parser() -> argparse.ArgumentParser:
         "Unset flags take the defaults of the full run (or of --quick).",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 pairs, 1 seed, few steps (< 3 min)")
+    parser.add_argument("--full_study", action="store_true",
+                        help="generation seeds 0 1 2 and the ablation fine-tunes (w/o L_C, w/o L_D): the numbers of "
+                        "docs/demo.md; see there for its run time")
     parser.add_argument("--output_dir", default="edge-demo", help="where report.md, results.json, ... go")
+    parser.add_argument("--shapes_config", choices=["scenes", "one_object"],
+                        help="the captioned-shapes world and its stack (default scenes)")
     parser.add_argument("--cache_dir", default=None, help="data and cached embeddings (default: OUTPUT_DIR/cache)")
     parser.add_argument("--pretrained_model_name_or_path", default=None,
                         help="Stable Diffusion folder the generators start from (default: the stack's)")
     parser.add_argument("--budgets", type=int, nargs="+", help="distilled-set sizes in pairs (default 100 200)")
     parser.add_argument("--seeds", type=int, nargs="+", help="student seeds (default 0 1 2)")
-    parser.add_argument("--generation_seed", type=int, help="seed of the fine-tune, prompts and images (default 0)")
+    parser.add_argument("--generation_seeds", type=int, nargs="+",
+                        help="one fine-tune, prompt draw and image set per seed (default 0)")
+    parser.add_argument("--ablations", action="store_true", default=None,
+                        help="also fine-tune without L_C and without L_D (rows 'EDGE w/o L_C', 'EDGE w/o L_D')")
     parser.add_argument("--train_steps", type=int, help="EDGE fine-tuning steps (default 100)")
     parser.add_argument("--train_batch_size", type=int, help="fine-tuning batch (default 32)")
     parser.add_argument("--learning_rate", type=float, help="LoRA learning rate (default 5e-4)")
@@ -54,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--student_batch_size", type=int, help="student batch (default 32)")
     parser.add_argument("--student_eval_every", type=int, help="evaluate every N epochs (default 5)")
     parser.add_argument("--student_lr", type=float, help="student SGD learning rate (default 0.1)")
-    parser.add_argument("--student_channels", type=int, nargs=4, help="resnet10t widths (default 16 32 64 128)")
+    parser.add_argument("--student_channels", type=int, nargs=4,
+                        help="resnet10t widths of a randomly initialised student (default 16 32 64 128)")
+    parser.add_argument("--no_student_pretrained", dest="student_pretrained", action="store_false", default=None,
+                        help="start the student's image encoder from random weights instead of the stack's "
+                        "pretrained one (scenes ships one; one_object does not)")
     parser.add_argument("--test_images", type=int, help="test images scored (first N of 1000; default 500)")
     parser.add_argument("--full_images", type=int, help="train images of the full-split reference (default 5000)")
     parser.add_argument("--full_epochs", type=int, help="epochs of the full-split reference (default 1)")
@@ -71,9 +83,11 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:  # noqa: F821 - im
     overrides = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("quick", "no_progress") and value is not None
+        if key not in ("quick", "no_progress", "full_study") and value is not None
     }
     overrides["progress"] = not args.no_progress
+    if args.full_study:
+        overrides = {"generation_seeds": [0, 1, 2], "ablations": True} | overrides
     return DemoConfig.quick_preset(**overrides) if args.quick else DemoConfig(**overrides)
 
 

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="for sources keeping every split in one table (e.g. nlphuji/flickr30k): the column whose value must "
         "equal --train_split / --test_split",
     )
-    parser.add_argument("--shapes_config", default="one_object", help="captioned-shapes configuration")
+    parser.add_argument("--shapes_config", choices=["one_object", "two_objects", "scenes"], default="one_object",
+                        help="captioned-shapes configuration")
     parser.add_argument("--shapes_seed", type=int, default=0, help="seed of the captioned-shapes data")
     parser.add_argument("--shapes_num_train", type=int, default=5000)
     parser.add_argument("--shapes_num_test", type=int, default=1000)

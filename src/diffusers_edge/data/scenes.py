@@ -306,6 +306,55 @@ def claim_accuracy(captions: Sequence[str], scenes: Sequence[Scene]) -> dict[str
     return {"all": 100.0 * float(np.mean(everything))} | {k: 100.0 * float(np.mean(verdicts[k])) for k in kinds}
 
 
+def unsaid_variety(prompts: Sequence[str], generated: Sequence[Scene], real: Sequence[Scene]) -> dict[str, float]:
+    """How varied what prompts leave unsaid is in `generated[i]` (made from `prompts[i]`), next to `real[i]`.
+
+    Entropy in bits of the background over the prompts that do not name it, and of the number of objects over the
+    prompts that do not count them, for the generated scenes and for the real scenes the prompts were written for;
+    the mean number of distinct colours per scene over the prompts that do not list the colours (a generator that
+    paints unnamed objects in the named colour has fewer); and the percent of distinct scenes. A generator that
+    fills unsaid content with stereotypes scores below the real images of the same prompts.
+
+    Example:
+        >>> scene = Scene((ShapeObject("circle", "red", "large", "top left"),), "black")
+        >>> unsaid_variety(["a circle", "a circle"], [scene, scene], [scene, Scene(scene.objects, "gray")])
+        ... # doctest: +NORMALIZE_WHITESPACE
+        {'background_entropy_generated': 0.0, 'background_entropy_real': 1.0, 'count_entropy_generated': 0.0,
+         'count_entropy_real': 0.0, 'colors_per_scene_generated': 1.0, 'colors_per_scene_real': 1.0,
+         'distinct_scenes_generated': 50.0, 'distinct_scenes_real': 100.0}
+    """
+    if not len(prompts) == len(generated) == len(real) > 0:
+        raise ValueError(f"Need as many prompts, generated and real scenes (> 0): {len(prompts)}, "
+                         f"{len(generated)}, {len(real)}.")
+    kinds = [{claim.kind for claim in parse_claims(p)} for p in prompts]
+    no_background = [i for i, k in enumerate(kinds) if "background" not in k]
+    no_count = [i for i, k in enumerate(kinds) if "count" not in k]
+    no_colors = [i for i, k in enumerate(kinds) if "colors" not in k]
+    return {
+        "background_entropy_generated": _entropy([generated[i].background for i in no_background]),
+        "background_entropy_real": _entropy([real[i].background for i in no_background]),
+        "count_entropy_generated": _entropy([len(generated[i].objects) for i in no_count]),
+        "count_entropy_real": _entropy([len(real[i].objects) for i in no_count]),
+        "colors_per_scene_generated": _mean_colors([generated[i] for i in no_colors]),
+        "colors_per_scene_real": _mean_colors([real[i] for i in no_colors]),
+        "distinct_scenes_generated": 100.0 * len(set(generated)) / len(generated),
+        "distinct_scenes_real": 100.0 * len(set(real)) / len(real),
+    }
+
+
+def _mean_colors(scenes: Sequence[Scene]) -> float:
+    return float(np.mean([len({obj.color for obj in scene.objects}) for scene in scenes])) if scenes else 0.0
+
+
+def _entropy(values: Sequence) -> float:
+    """Entropy in bits of the empirical distribution of `values` (0.0 for none or one distinct value)."""
+    if not values:
+        return 0.0
+    _, counts = np.unique(np.asarray(values), return_counts=True)
+    shares = counts / counts.sum()
+    return float(-(shares * np.log2(shares)).sum()) + 0.0  # + 0.0: a single value gives 0.0, not -0.0
+
+
 # ----------------------------------------------------------------------------------------------------- sampling
 
 
