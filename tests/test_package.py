@@ -79,7 +79,7 @@ def test_cli_runs_a_real_command(tmp_path, capsys):
     assert "a random 6-image subset of train covers" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["demo", "distill", "evaluate", "train"])  # `shapes` has no __main__ block yet
+@pytest.mark.parametrize("command", ["demo", "distill", "evaluate", "shapes", "train"])
 @pytest.mark.filterwarnings("ignore:'diffusers_edge.commands.*' found in sys.modules:RuntimeWarning")  # re-run
 def test_command_modules_run_as_scripts(command, monkeypatch, capsys):
     """`python -m diffusers_edge.commands.NAME`: the module's `__main__` block exits with `main`'s code."""

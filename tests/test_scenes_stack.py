@@ -26,14 +26,6 @@ def fresh_scenes(count: int) -> tuple[list, list[S.Scene]]:
     return images, scenes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def judge():
     return load_judge(shapes_stack_path("judge", config="scenes"))

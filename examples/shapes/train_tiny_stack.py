@@ -20,7 +20,8 @@ Time: the whole script took 78.9 minutes on this project's 2-core CPU with `--nu
 has the per-stage table and the re-run's quality next to the shipped weights'); about 4 minutes on an H200.
 
 Usage:
-    python examples/shapes/train_tiny_stack.py                      # the shipped stack (seed 0)
+    python examples/shapes/train_tiny_stack.py                      # the shipped scenes stack (seed 0)
+    python examples/shapes/train_tiny_stack.py --config one_object  # the shipped one_object stack
     python examples/shapes/train_tiny_stack.py --quick --output_dir /tmp/stack   # minutes-long smoke run
     python examples/shapes/train_tiny_stack.py --components unet eval  # re-train the UNet on the saved VAE/CLIP
 
@@ -85,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--captioner_layers", type=int, default=2, help="ViT encoder and BERT decoder layers, each")
     parser.add_argument("--vae_steps", type=int, default=1500)
     parser.add_argument("--vae_channels", type=int, nargs="+", default=[16, 32, 64])
-    parser.add_argument("--unet_steps", type=int, default=1500)
+    parser.add_argument("--unet_steps", type=int, default=None, help="default 1500 (one_object), 3000 (scenes)")
     parser.add_argument("--unet_batch_size", type=int, default=64)
     parser.add_argument("--unet_lr", type=float, default=1e-3)
     parser.add_argument("--unet_channels", type=int, nargs="+", default=[64, 96])
@@ -101,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.output_dir = ASSETS / STACK_FOLDERS[args.config]
     if args.judge_epochs is None:
         args.judge_epochs = 40 if args.config == "scenes" else 15
+    if args.unet_steps is None:
+        args.unet_steps = 3000 if args.config == "scenes" else 1500
     if args.captioner_epochs is None:
         args.captioner_epochs = 25 if args.config == "scenes" else 6
     if args.captioner_patch_size is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -129,3 +130,7 @@ def _report(stats: dict[str, Any], output_dir: Path) -> str:
         lines.extend(f"    {caption}" for caption in example["captions"])
     lines.append(f"wrote {output_dir / 'preview.png'} and {output_dir / 'statistics.json'}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
