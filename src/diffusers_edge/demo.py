@@ -430,9 +430,11 @@ def _pipeline(config: DemoConfig, device: str, lora_dir: Path | None = None) -> 
     if lora_dir is None:
         pipe = EDGEPipeline.from_pretrained(config.stable_diffusion())
     else:
-        clip = {"clip_model": CLIPModel.from_pretrained(config.stack("clip"))}
-        clip["clip_processor"] = CLIPProcessor.from_pretrained(config.stack("clip"))
-        pipe = EDGEPipeline.from_pretrained(config.stable_diffusion(), **clip)
+        pipe = EDGEPipeline.from_pretrained(
+            config.stable_diffusion(),
+            clip_model=CLIPModel.from_pretrained(config.stack("clip")),
+            clip_processor=CLIPProcessor.from_pretrained(config.stack("clip")),
+        )
         pipe.load_lora_weights(str(lora_dir))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
