@@ -2,13 +2,16 @@
 
 `run_demo(DemoConfig(...))` is what `diffusers-edge demo` runs. Stages (each logged with its wall time):
 
-1. **data**: the captioned-shapes splits the stack was trained on (`one_object`, seed 0, 5000 train / 1000 test);
-2. **fine-tune**: LoRA on the tiny Stable Diffusion with the EDGE objective (denoising MSE + L_C + L_D), through
-   `diffusers_edge.training.train` in-process;
-3. **distill**: at each budget, four generated sets with `EDGEPipeline.distill`: plain generation (untuned SD, the
-   original captions, one caption per image), EDGE without caption synthesis (1 caption per image), EDGE (2 captions
-   per image, the second from the tiny captioner) and EDGE with k-center prompt selection;
-4. **judge**: prompt following of each generator scored by the attribute judge, plus CLIP alignment and diversity;
+1. **data**: the captioned-shapes splits the stack was trained on (`scenes` by default, or `one_object`; seed 0,
+   5000 train / 1000 test);
+2. **fine-tune**: per generation seed, LoRA on the tiny Stable Diffusion with the EDGE objective (denoising MSE +
+   L_C + L_D), through `diffusers_edge.training.train` in-process (with `ablations`, also without L_C / L_D);
+3. **distill**: per generation seed and budget, the generated sets with `EDGEPipeline.distill`: plain generation
+   (untuned SD, the original captions, one caption per image), EDGE without caption synthesis (1 caption per
+   image), EDGE (2 captions per image, the second from the tiny captioner) and EDGE with k-center prompt selection;
+4. **judge**: each generated set scored by the stack's judge (`scenes`: the claim accuracy of every prompt, the
+   variety of what prompts leave unsaid, the claim accuracy of synthesized captions; `one_object`: prompt
+   following per attribute), plus CLIP alignment and diversity;
 5. **evaluate**: the retrieval student trained on every set and on the real-pair baselines (random coreset,
    herding, k-center; the full train split as the upper reference), several seeds, one code path for all rows;
 6. **report**: `report.md`, `results.json`, `samples.png` and the distilled sets under `sets/`.
@@ -65,7 +68,7 @@ ROW_NOTES = {
 
 @dataclass
 class DemoConfig:
-    """Every setting of the demo (the defaults are the ~10-minute CPU run, under 15; `quick_preset` the smoke run).
+    """Every setting of the demo (the defaults are the ~7-minute CPU run; `quick_preset` the smoke run).
 
     Attributes:
         output_dir: where `report.md`, `results.json`, `samples.png` and `sets/` go.
@@ -681,7 +684,7 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
     """Runs the whole demo and writes its folder; returns the `results.json` content.
 
     Args:
-        config: the settings (default: `DemoConfig()`, the ~10-minute CPU run).
+        config: the settings (default: `DemoConfig()`, the ~7-minute CPU run).
         log: receives one line per stage start and end.
 
     Example:

@@ -1,13 +1,16 @@
 """`diffusers-edge demo`: EDGE end to end, offline, on the embedded captioned-shapes data with the tiny stack.
 
 Fine-tunes the tiny Stable Diffusion with the EDGE objective (LoRA), distills sets at each budget (plain
-generation, EDGE with and without caption synthesis, EDGE with k-center prompts), trains the retrieval student on
-them and on real-pair baselines, and writes `report.md`, `results.json`, `samples.png` and the distilled sets.
-About 10 minutes on a 2-core CPU by default (under 15); `--quick` is a smoke run of under 3 minutes. See docs/demo.md.
+generation, EDGE with and without caption synthesis, EDGE with k-center prompts), judges them claim by claim,
+trains the retrieval student on them and on real-pair baselines, and writes `report.md`, `results.json`,
+`samples.png` and the distilled sets. The world is `scenes` (`--shapes_config one_object` for the first one).
+About 7 minutes on a 2-core CPU by default; `--quick` is a smoke run of about 1 minute; `--full_study` (three
+generation seeds and the loss ablations) about 20 minutes. See docs/demo.md.
 
 Examples:
     $ diffusers-edge demo
     $ diffusers-edge demo --quick --output_dir edge-demo-quick
+    $ diffusers-edge demo --full_study
     $ diffusers-edge demo --budgets 100 --seeds 0 1 2 3 4 --train_steps 200
 """
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "run EDGE end to end offline on the embedded shapes data with the tiny stack (about 15 min on a CPU)"
+HELP = "run EDGE end to end offline on the embedded shapes data with the tiny stack (about 7 min on a CPU)"
 
 
 def build_parser() -> argparse.ArgumentParser:
