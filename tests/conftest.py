@@ -43,3 +43,29 @@ def tiny_bert_path(tmp_path_factory):
     from diffusers_edge.testing import save_tiny_bert
 
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_sd_path):
+    """An `EDGEPipeline` on the tiny Stable Diffusion, progress bars off (one per test module: tests load LoRAs)."""
+    from diffusers_edge.pipeline_edge import EDGEPipeline
+
+    pipe = EDGEPipeline.from_pretrained(tiny_sd_path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """A tiny random Stable Diffusion with 8x8x4 latents (16 px images: fast training steps)."""
+    from diffusers_edge.testing import save_tiny_stable_diffusion
+
+    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("sd"), sample_size=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny random CLIP folder for the EDGE losses."""
+    from diffusers_edge.testing import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))

@@ -23,13 +23,6 @@ FAST = {"num_inference_steps": 2, "progress": False, "captions_per_image": 1, "b
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_sd_path):
-    pipe = EDGEPipeline.from_pretrained(tiny_sd_path)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
 def source():
     return load_captioned_shapes(num_train=8, num_val=1, num_test=1)["train"]
 

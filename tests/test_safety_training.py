@@ -7,33 +7,13 @@ from safetensors.torch import load_file
 
 import diffusers_edge.training as training
 from diffusers_edge.data.shapes import load_captioned_shapes
-from diffusers_edge.testing import save_tiny_clip, save_tiny_stable_diffusion
-from diffusers_edge.training import parse_args, resolve_checkpoint, train
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("sd"), sample_size=8)  # 16 px images: fast
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+from diffusers_edge.training import resolve_checkpoint, train
+from test_training import _args  # the tiny training flags (16 px, batch 2, no tracker)
 
 
 @pytest.fixture(scope="module")
 def shapes():
     return load_captioned_shapes(num_train=6, num_val=1, num_test=1)["train"]
-
-
-def _args(sd, clip, out, *extra):
-    return parse_args(
-        [
-            "--pretrained_model_name_or_path", str(sd), "--clip_model_name_or_path", str(clip),
-            "--output_dir", str(out), "--resolution", "16", "--train_batch_size", "2", "--report_to", "none",
-            "--loss_max_timestep", "999", *extra,
-        ]
-    )  # fmt: skip
 
 
 def test_diverging_training_stops_naming_step_and_term_and_writes_no_weights(tiny_sd, tiny_clip, shapes, tmp_path):

@@ -16,7 +16,6 @@ from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 from diffusers_edge.data.format import NORMALIZED_FEATURES
 from diffusers_edge.data.shapes import load_captioned_shapes
-from diffusers_edge.testing import save_tiny_clip, save_tiny_stable_diffusion
 from diffusers_edge.training import (
     DIFFFIT_WEIGHT_NAME,
     LORA_TARGET_MODULES,
@@ -40,16 +39,6 @@ from diffusers_edge.training import (
 )
 
 CAPTIONS = [["a red circle", "a big red circle"], ["a blue square"], ["a small green triangle"], ["a white cross"]]
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("sd"), sample_size=8)  # 16 px images: fast
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
