@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Trains the tiny pretrained stack for the captioned-shapes data (issue 7, item 1; docs/shapes-stack.md).
+"""Trains a tiny pretrained stack for the captioned-shapes data (docs/shapes-stack.md).
 
 Every component stands in for a real model and loads through the same `from_pretrained` call:
 
@@ -8,16 +8,21 @@ Every component stands in for a real model and loads through the same `from_pret
 - `text-encoder/`: BertModel + BertTokenizer, masked-LM on train captions; plays bert-base-uncased;
 - `captioner/`: VisionEncoderDecoderModel (ViT encoder, BERT decoder); plays the multimodal LLM captioner;
 - `stable-diffusion/`: AutoencoderKL + UNet2DConditionModel + CLIP text tower + DDIM; plays stable-diffusion-v1-5;
-- `student-image-encoder/`: a timm model name + kwargs (random init at evaluation); plays nfnet_l0.
+- `student-image-encoder/`: a timm model name + kwargs; for `scenes` also weights pretrained without captions;
+  plays nfnet_l0.
 
-REFERENCE.md section 5 measured on this 2-core CPU that a pixel-space 32x32 UNet is too slow to bind colour to
-shape in 30 minutes; so the generator here is a latent model: a small VAE maps 32x32x3 images to 8x8x4 latents and
-the UNet (cross-attention at 8x8 and 4x4) denoises those, conditioned on the frozen text tower of the tiny CLIP,
-with 10% empty captions (classifier-free guidance) and an EMA of its weights. The CLIP recipe (ViT patch 8, hidden
-128, 4+3 layers, projection 128, AdamW 1e-3 OneCycle, batch 256, 25 epochs) is the one measured there.
+`--config scenes` (the default) trains the stack of the `scenes` world into `assets/scenes-stack/`, `--config
+one_object` the first stack into `assets/shapes-stack/` (docs/shapes-stack.md describes both).
 
-Time: the whole script took 78.9 minutes on this project's 2-core CPU with `--num_threads 1` (docs/shapes-stack.md
-has the per-stage table and the re-run's quality next to the shipped weights'); about 4 minutes on an H200.
+An early experiment of ours (docs/shapes-stack.md) measured on this 2-core CPU that a pixel-space 32x32 UNet is too
+slow to bind colour to shape in 30 minutes; so the generator here is a latent model: a small VAE maps 32x32x3
+images to 8x8x4 latents and the UNet (cross-attention at 8x8 and 4x4) denoises those, conditioned on the frozen
+text tower of the tiny CLIP, with 10% empty captions (classifier-free guidance) and an EMA of its weights. The CLIP
+recipe (ViT patch 8, hidden 128, 4+3 layers, projection 128, AdamW 1e-3 OneCycle, batch 256, 25 epochs) is the one
+measured there.
+
+Time on this project's 2-core CPU with `--num_threads 1`: 78.9 minutes for `one_object`, 82 CPU-minutes for
+`scenes` (docs/shapes-stack.md has the per-stage tables); the `one_object` stack took about 4 minutes on an H200.
 
 Usage:
     python examples/shapes/train_tiny_stack.py                      # the shipped scenes stack (seed 0)
