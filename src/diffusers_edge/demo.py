@@ -713,9 +713,11 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
         shapes = _load_data(config, cache)
         train_split = shapes["train"]
         test = shapes["test"].select(range(config.test_images))
-    variants = {"edge": None}
+    # fine-tune variant -> (loss weights replacing the config's, LoRA folder name)
+    variants = {"edge": (None, "edge-lora")}
     if config.ablations:
-        variants |= {"edge w/o L_C": {"contrastive_weight": 0.0}, "edge w/o L_D": {"diversity_weight": 0.0}}
+        variants["edge w/o L_C"] = ({"contrastive_weight": 0.0}, "edge-no-lc-lora")
+        variants["edge w/o L_D"] = ({"diversity_weight": 0.0}, "edge-no-ld-lora")
     finetunes: dict[str, dict[str, Any]] = {}
     # generated[budget][label]: one (set, folder) per generation seed
     generated: dict[int, dict[str, list[tuple[datasets.Dataset, Path]]]] = {b: {} for b in config.budgets}
@@ -724,8 +726,8 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
         plain = _pipeline(config, device)
     for seed in config.generation_seeds:
         pipes = {"plain": plain}
-        for variant, weights in variants.items():
-            folder = output_dir / f"{variant.replace(' w/o ', '-no-').replace('_', '').lower()}-lora-g{seed}"
+        for variant, (weights, name) in variants.items():
+            folder = output_dir / f"{name}-g{seed}"
             with stage("fine-tune"):
                 finetune = _finetune(config, train_split, folder, seed, weights)
             finetunes[f"{variant} (generation seed {seed})"] = finetune

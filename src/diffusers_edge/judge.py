@@ -245,7 +245,7 @@ def read_scenes(images: Any, judge: AttributeJudge, batch_size: int = 256) -> tu
         >>> judge = load_judge(shapes_stack_path("judge", config="scenes"))  # doctest: +SKIP
         >>> scenes, confidence = read_scenes(images, judge)  # doctest: +SKIP
     """
-    from .data.scenes import GRID_CELLS, NONE, SCENE_LABELS, scene_from_columns
+    from .data.scenes import CELL_COLUMNS, NONE, SCENE_LABELS, scene_from_columns
 
     if set(judge.labels) != set(SCENE_LABELS):
         raise ValueError(f"This judge reads {sorted(judge.labels)}, not the scene columns; load a scenes judge.")
@@ -258,7 +258,7 @@ def read_scenes(images: Any, judge: AttributeJudge, batch_size: int = 256) -> tu
         probabilities = {name: values.softmax(-1).cpu() for name, values in logits.items()}
         for i in range(len(probabilities["background"])):
             readings = {"background": _most_likely(probabilities["background"][i], judge.labels["background"])}
-            for cell in (c.replace(" ", "_") for c in GRID_CELLS):
+            for cell in CELL_COLUMNS.values():
                 shape = _most_likely(probabilities[f"shape_{cell}"][i], judge.labels[f"shape_{cell}"])
                 readings[f"shape_{cell}"] = shape
                 for name in (f"color_{cell}", f"size_{cell}"):

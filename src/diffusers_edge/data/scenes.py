@@ -34,7 +34,18 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .shapes import COLORS, RELATION_PHRASES, SHAPE_WORDS, SHAPES, SIZE_WORDS, SIZES, ShapeObject, render_shapes
+from .shapes import (
+    COLORS,
+    RELATION_PHRASES,
+    SHAPE_WORDS,
+    SHAPES,
+    SIZE_WORDS,
+    SIZES,
+    ShapeObject,
+    _lookup,
+    _pick,
+    render_shapes,
+)
 
 GRID_CELLS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right")
 """The 2x2 grid, row by row; the names are `one_object` positions, so `render_shapes` places objects there."""
@@ -76,15 +87,14 @@ _COUNT_TEMPLATES = ("{n} {noun}", "{n} {noun} on a {bg} background", "{n} {noun}
 _LIST_TEMPLATES = ("{list}", "{list} on a {bg} background")
 
 
-def _cell_column(cell: str) -> str:
-    return cell.replace(" ", "_")
-
+CELL_COLUMNS: dict[str, str] = {cell: cell.replace(" ", "_") for cell in GRID_CELLS}
+"""Each grid cell -> the suffix of its attribute columns (`shape_top_left`, `color_top_left`, ...)."""
 
 SCENE_LABELS: dict[str, tuple[str, ...]] = {"background": tuple(BACKGROUNDS)}
-for _cell in GRID_CELLS:
-    SCENE_LABELS[f"shape_{_cell_column(_cell)}"] = (NONE, *SHAPES)
-    SCENE_LABELS[f"color_{_cell_column(_cell)}"] = (NONE, *COLORS)
-    SCENE_LABELS[f"size_{_cell_column(_cell)}"] = (NONE, *SIZES)
+for _column in CELL_COLUMNS.values():
+    SCENE_LABELS[f"shape_{_column}"] = (NONE, *SHAPES)
+    SCENE_LABELS[f"color_{_column}"] = (NONE, *COLORS)
+    SCENE_LABELS[f"size_{_column}"] = (NONE, *SIZES)
 """The attribute columns of a scene (the dataset's ClassLabels and the scene judge's heads) -> their classes."""
 
 
@@ -211,10 +221,6 @@ def _related(first: str, relation: str, second: str) -> bool:
 def _alternatives(table: Mapping[str, Sequence[str]]) -> str:
     phrases = sorted((p for ps in table.values() for p in ps), key=len, reverse=True)
     return "|".join(re.escape(p) for p in phrases)
-
-
-def _lookup(phrase: str, table: Mapping[str, Sequence[str]]) -> str:
-    return next(key for key, phrases in table.items() if phrase in phrases)
 
 
 _COLOR_TABLE = {c: (c,) for c in COLORS}
@@ -394,10 +400,6 @@ def render_scene(scene: Scene, image_size: int = 32, rng: np.random.Generator | 
 # ----------------------------------------------------------------------------------------------------- captions
 
 
-def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
-    return options[int(rng.integers(len(options)))]
-
-
 def _object_phrase(obj: ShapeObject, rng: np.random.Generator, p_color: float, p_size: float) -> str:
     words = ["a"]
     if rng.random() < p_size:
@@ -489,7 +491,7 @@ def scene_columns(scene: Scene) -> dict[str, str]:
     for cell in GRID_CELLS:
         obj = scene.at(cell)
         for name in ("shape", "color", "size"):
-            columns[f"{name}_{_cell_column(cell)}"] = NONE if obj is None else getattr(obj, name)
+            columns[f"{name}_{CELL_COLUMNS[cell]}"] = NONE if obj is None else getattr(obj, name)
     return columns
 
 
@@ -506,7 +508,7 @@ def scene_from_columns(columns: Mapping[str, str]) -> Scene:
     """
     objects = []
     for cell in GRID_CELLS:
-        values = {name: columns[f"{name}_{_cell_column(cell)}"] for name in ("shape", "color", "size")}
+        values = {name: columns[f"{name}_{CELL_COLUMNS[cell]}"] for name in ("shape", "color", "size")}
         if values["shape"] == NONE:
             continue
         if NONE in values.values():

@@ -621,7 +621,7 @@ class CaptionedShapes(datasets.GeneratorBasedBuilder):
         ]
 
     def _generate_examples(self, split: str, num_examples: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        config_name = {1: "one_object", 2: "two_objects", 0: "scenes"}[self.config.num_objects]
+        config_name = {n: name for name, n in CONFIG_NUM_OBJECTS.items()}[self.config.num_objects]
         for index in range(num_examples):
             yield index, generate_example(self.config.seed, config_name, split, index, self.config.image_size)
 
