@@ -3,8 +3,8 @@
 EDGE (arXiv 2509.15472, figure 2) fine-tunes the generator with a bi-directional contrastive loss L_C, which pulls
 each generated image towards its own caption and away from the other captions of the batch, and a diversity loss
 L_D, which pushes the (image, caption) pairs of a batch apart from each other. Both act on embeddings from a frozen
-CLIP model; the temperature 0.1 and the form of L_D follow the released code (`edge_diffusion_train.py`,
-REFERENCE.md section 1).
+CLIP model; the temperature 0.1 and the form of L_D follow the released code (`edge_diffusion_train.py`;
+docs/method.md, "The EDGE objective").
 
 Edge cases, on purpose:
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-# The released EDGE code divides the cosine similarities by 0.1 (REFERENCE.md section 1).
+# The released EDGE code divides the cosine similarities by 0.1 (docs/method.md, "The EDGE objective").
 DEFAULT_TEMPERATURE = 0.1
 
 

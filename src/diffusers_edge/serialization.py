@@ -25,7 +25,7 @@ def jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int = 1, sort_keys: bool = True) -> None:
-    """Writes `payload` as JSON to `path` through a temporary file and `os.replace`: readers see old or new, never half."""
+    """Writes `payload` as JSON to `path` via a temporary file and `os.replace`: readers see old or new, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")  # one per process: concurrent writers never share
     tmp.write_text(json.dumps(payload, indent=indent, sort_keys=sort_keys), encoding="utf-8")

@@ -6,8 +6,8 @@ and a BERT folder (`BertModel` + tokenizer). Loading them back goes through the 
 load `stable-diffusion-v1-5/stable-diffusion-v1-5`, `openai/clip-vit-base-patch32` and `bert-base-uncased` from
 the Hub, so the tests exercise the users' code path without the network.
 
-The sizes follow diffusers' own test components (REFERENCE.md section 4): a two-block UNet with cross-attention, a
-two-block VAE (downsampling factor 2), and two-layer text towers.
+The sizes follow diffusers' own test components (docs/method.md, "Library conventions we rely on"): a two-block
+UNet with cross-attention, a two-block VAE (downsampling factor 2), and two-layer text towers.
 
 Example:
     >>> import tempfile

@@ -1,6 +1,6 @@
 """Image-text retrieval recall@K: exact, tie-pessimistic, chunked.
 
-Semantics are the papers' hit@K (BLIP ``itm_eval``, used by MTT-VL, LoRS and EDGE; REFERENCE.md section 2):
+Semantics are the papers' hit@K (BLIP ``itm_eval``, used by MTT-VL, LoRS and EDGE; docs/method.md, "Recall@K"):
 
 * image -> text (key prefix ``i2t``): the query is an image, the candidates are all texts. The image's rank is
   the best rank among its own texts, i.e. the number of *non-matching* texts ranked ahead of its best-scoring
