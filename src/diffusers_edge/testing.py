@@ -49,17 +49,30 @@ def _default_words() -> list[str]:
     return caption_vocabulary()
 
 
+def _tiny_tower(hidden_size: int = TINY_HIDDEN_SIZE) -> dict[str, int]:
+    """The size of every tiny transformer tower here: two layers, two heads, an MLP twice the width."""
+    return {
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
+
+
+def _tiny_text_tower(tokenizer, hidden_size: int = TINY_HIDDEN_SIZE) -> dict[str, int]:
+    """`_tiny_tower` with the vocabulary, positions and padding id tied to `tokenizer`."""
+    return _tiny_tower(hidden_size) | {
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": tokenizer.model_max_length,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
 def _clip_text_config(tokenizer, hidden_size: int = TINY_HIDDEN_SIZE) -> CLIPTextConfig:
     return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=tokenizer.model_max_length,
+        **_tiny_text_tower(tokenizer, hidden_size),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         projection_dim=hidden_size,
     )
 
@@ -159,14 +172,7 @@ def save_tiny_clip(
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=_clip_text_config(tokenizer).to_dict(),
-        vision_config={
-            "image_size": image_size,
-            "patch_size": 8,
-            "hidden_size": TINY_HIDDEN_SIZE,
-            "intermediate_size": 2 * TINY_HIDDEN_SIZE,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-        },
+        vision_config={"image_size": image_size, "patch_size": 8, **_tiny_tower()},
         projection_dim=projection_dim,
     )
     model = CLIPModel(config)
@@ -193,15 +199,7 @@ def save_tiny_bert(
     """
     tokenizer = build_bert_tokenizer(_default_words() if words is None else words)
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=tokenizer.model_max_length,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = BertConfig(**_tiny_text_tower(tokenizer, hidden_size))
     BertModel(config).save_pretrained(save_directory)
     tokenizer.save_pretrained(save_directory)
     return Path(save_directory)
@@ -232,11 +230,8 @@ def _tiny_llama_config(tokenizer, vocab_size: int | None = None):
     from transformers import LlamaConfig
 
     return LlamaConfig(
+        **_tiny_tower(),
         vocab_size=vocab_size or len(tokenizer),
-        hidden_size=TINY_HIDDEN_SIZE,
-        intermediate_size=2 * TINY_HIDDEN_SIZE,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=256,
         bos_token_id=tokenizer.bos_token_id,
@@ -277,25 +272,8 @@ def save_tiny_captioner(
     )
 
     tokenizer = build_bert_tokenizer(_default_words() if words is None else words)
-    encoder = ViTConfig(
-        image_size=image_size,
-        patch_size=8,
-        hidden_size=TINY_HIDDEN_SIZE,
-        intermediate_size=2 * TINY_HIDDEN_SIZE,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-    )
-    decoder = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=TINY_HIDDEN_SIZE,
-        intermediate_size=2 * TINY_HIDDEN_SIZE,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=tokenizer.model_max_length,
-        is_decoder=True,
-        add_cross_attention=True,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    encoder = ViTConfig(image_size=image_size, patch_size=8, **_tiny_tower())
+    decoder = BertConfig(**_tiny_text_tower(tokenizer), is_decoder=True, add_cross_attention=True)
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
     special = {
         "decoder_start_token_id": tokenizer.cls_token_id,
@@ -368,15 +346,7 @@ def save_tiny_vlm(
     )
 
     tokenizer = _tiny_generator_tokenizer(words, image_token="<image>")
-    vision = CLIPVisionConfig(
-        image_size=image_size,
-        patch_size=8,
-        hidden_size=TINY_HIDDEN_SIZE,
-        intermediate_size=2 * TINY_HIDDEN_SIZE,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        projection_dim=TINY_HIDDEN_SIZE,
-    )
+    vision = CLIPVisionConfig(image_size=image_size, patch_size=8, projection_dim=TINY_HIDDEN_SIZE, **_tiny_tower())
     config = LlavaConfig(
         vision_config=vision,
         text_config=_tiny_llama_config(tokenizer),
