@@ -4,6 +4,7 @@ themselves in `diffusers_edge/shapes/assets/`).
 This module re-exports its public names so that `diffusers_edge.data.stack` keeps working.
 """
 
-from ..shapes.stack import STACK_COMPONENTS, STACK_FOLDERS, shapes_stack_path
+from ..shapes import stack as _stack
+from ..shapes.stack import *  # noqa: F403
 
-__all__ = ["STACK_COMPONENTS", "STACK_FOLDERS", "shapes_stack_path"]
+__all__ = list(_stack.__all__)

@@ -63,6 +63,12 @@ from .objects import (
     scene_attributes,
 )
 
+__all__ = [
+    "CONFIG_NUM_OBJECTS", "CONFIGS", "SPLITS", "num_combinations", "example_rng", "caption_vocabulary",
+    "combination_key", "generate_example", "CaptionedShapesConfig", "CaptionedShapes", "load_captioned_shapes",
+    "shapes_statistics",
+]
+
 # ------------------------------------------------------------------------------------------------- the dataset
 
 CONFIG_NUM_OBJECTS = {"one_object": 1, "two_objects": 2, "scenes": 0}

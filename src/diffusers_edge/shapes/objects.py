@@ -24,6 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+__all__ = [
+    "SHAPE_NAMES", "COLORS", "SIZES", "POSITIONS", "RELATIONS", "POSITION_JITTER", "BRIGHTNESS_RANGE", "COLOR_JITTER",
+    "BACKGROUND_MAX", "SIZE_WORDS", "SHAPE_WORDS", "POSITION_PHRASES", "RELATION_PHRASES", "BACKGROUND_WORDS",
+    "CAPTIONS_PER_IMAGE", "ShapeObject", "render_shapes", "caption_shapes", "parse_caption", "sample_scene",
+    "scene_attributes",
+]
+
 # ----------------------------------------------------------------------------------------------- attribute space
 
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross")

@@ -47,6 +47,14 @@ from .objects import (
     render_shapes,
 )
 
+__all__ = [
+    "GRID_CELLS", "NUM_OBJECTS", "BACKGROUNDS", "NONE", "CELL_PHRASES", "BACKGROUND_PHRASES", "COUNT_WORDS",
+    "COUNT_NOUNS", "CAPTION_KINDS", "CELL_COLUMNS", "SCENE_LABELS", "Scene", "ObjectSpec", "ObjectClaim",
+    "RelationClaim", "CountClaim", "ColorsClaim", "BackgroundClaim", "Claim", "CLAIM_KINDS", "parse_claims",
+    "claim_accuracy", "unsaid_variety", "sample_scene", "render_scene", "caption_scene", "scenes_vocabulary",
+    "scene_columns", "scene_from_columns",
+]
+
 GRID_CELLS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right")
 """The 2x2 grid, row by row; the names are `one_object` positions, so `render_shapes` places objects there."""
 _ROW = {"top left": 0, "top right": 0, "bottom left": 1, "bottom right": 1}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["STACK_COMPONENTS", "STACK_FOLDERS", "shapes_stack_path"]
+
 STACK_COMPONENTS: dict[str, str] = {
     "clip": "CLIPModel + CLIPProcessor (plays openai/clip-vit-base-patch32)",
     "stable-diffusion": "StableDiffusionPipeline folder (plays stable-diffusion-v1-5)",
