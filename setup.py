@@ -10,7 +10,8 @@ from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
     # torch 2.14.1 + torchvision 0.29.1: the CPU-only torch 2.13.0 wheel has no torchvision that imports
-    # beside it, and timm, peft and evaluate need a working torchvision (REFERENCE.md section 4).
+    # beside it, and timm, peft and evaluate need a working torchvision (docs/method.md, "Library conventions we
+    # rely on").
     "torch>=2.14",
     "torchvision>=0.29",
     "diffusers>=0.42",
@@ -43,7 +44,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
-    package_data={"diffusers_edge": ["metrics/image_text_recall/*", "assets/**/*"]},
+    package_data={"diffusers_edge": ["metrics/image_text_recall/*", "shapes/assets/**/*"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -40,9 +40,9 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from diffusers.training_utils import cast_training_params
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPTextModel
 
-from diffusers_edge.data.shapes import caption_vocabulary
+from diffusers_edge.shapes.dataset import caption_vocabulary
+from diffusers_edge.shapes.tokenization import build_clip_tokenizer
 from diffusers_edge.testing import save_tiny_clip, save_tiny_stable_diffusion
-from diffusers_edge.tokenization import build_clip_tokenizer
 from diffusers_edge.training import (
     CLIP_LOSS_INPUTS,
     LORA_TARGET_MODULES,

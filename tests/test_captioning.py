@@ -231,7 +231,7 @@ def test_blip_processor_path(tmp_path):
     """BLIP (the documented default captioner family) loads through AutoProcessor and captions without a prompt."""
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
-    from diffusers_edge.tokenization import build_bert_tokenizer
+    from diffusers_edge.shapes.tokenization import build_bert_tokenizer
 
     tokenizer = build_bert_tokenizer(WORDS)
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})  # BLIP's decoder starts from [DEC]

@@ -1,20 +1,19 @@
-"""Tests of the `scenes` world (`diffusers_edge.data.scenes`) and its captioned-shapes builder config."""
+"""Tests of the `scenes` world (`diffusers_edge.shapes.scenes`) and its captioned-shapes builder config."""
 
 import numpy as np
 import pytest
 
-from diffusers_edge.data import scenes as S
 from diffusers_edge.data.format import validate_normalized
-from diffusers_edge.data.shapes import (
-    COLORS,
-    ShapeObject,
+from diffusers_edge.shapes import scenes as S
+from diffusers_edge.shapes.dataset import (
     caption_vocabulary,
     generate_example,
     load_captioned_shapes,
     num_combinations,
     shapes_statistics,
 )
-from diffusers_edge.tokenization import build_clip_tokenizer
+from diffusers_edge.shapes.objects import COLORS, ShapeObject
+from diffusers_edge.shapes.tokenization import build_clip_tokenizer
 
 RED_CIRCLE = ShapeObject("circle", "red", "large", "top left")
 BLUE_BOX = ShapeObject("square", "blue", "small", "top right")

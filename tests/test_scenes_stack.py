@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_edge.data import scenes as S
-from diffusers_edge.data.shapes import ShapeObject, example_rng
-from diffusers_edge.data.stack import STACK_COMPONENTS, STACK_FOLDERS, shapes_stack_path
 from diffusers_edge.evaluation.student import build_image_encoder, normalize_images
-from diffusers_edge.judge import load_judge, read_scenes, score_claims
+from diffusers_edge.shapes import scenes as S
+from diffusers_edge.shapes.dataset import example_rng
+from diffusers_edge.shapes.judge import load_judge, read_scenes, score_claims
+from diffusers_edge.shapes.objects import ShapeObject
+from diffusers_edge.shapes.stack import STACK_COMPONENTS, STACK_FOLDERS, shapes_stack_path
 
 
 def fresh_scenes(count: int) -> tuple[list, list[S.Scene]]:

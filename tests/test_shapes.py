@@ -1,5 +1,8 @@
-"""Tests of the embedded captioned-shapes dataset (`diffusers_edge.data.shapes`) and `diffusers-edge shapes`."""
+"""Tests of the embedded captioned-shapes dataset (`diffusers_edge.shapes`) and `diffusers-edge shapes`."""
 
+import ast
+import importlib
+import inspect
 import io
 import json
 from collections import Counter
@@ -10,21 +13,22 @@ import pytest
 from PIL import Image
 
 from diffusers_edge.commands.shapes import main as shapes_main
-from diffusers_edge.data import shapes as S
 from diffusers_edge.data.format import NORMALIZED_FEATURES, validate_normalized
-from diffusers_edge.tokenization import build_clip_tokenizer
+from diffusers_edge.shapes import dataset as D
+from diffusers_edge.shapes import objects as O
+from diffusers_edge.shapes.tokenization import build_clip_tokenizer
 
-GRID_PX = np.array(S._GRID) * 32  # grid centres in pixels at 32 px
+GRID_PX = np.array(O._GRID) * 32  # grid centres in pixels at 32 px
 
 
 @pytest.fixture(scope="module")
 def one() -> datasets.DatasetDict:
-    return S.load_captioned_shapes("one_object", seed=0, num_train=60, num_val=10, num_test=20)
+    return D.load_captioned_shapes("one_object", seed=0, num_train=60, num_val=10, num_test=20)
 
 
 @pytest.fixture(scope="module")
 def two() -> datasets.DatasetDict:
-    return S.load_captioned_shapes("two_objects", seed=0, num_train=60, num_val=10, num_test=20)
+    return D.load_captioned_shapes("two_objects", seed=0, num_train=60, num_val=10, num_test=20)
 
 
 # -------------------------------------------------------------- re-deriving attributes from pixels (independent)
@@ -42,7 +46,7 @@ def _describe(pixels: np.ndarray, mask: np.ndarray) -> dict:
     ys, xs = np.nonzero(mask)
     mean = pixels[mask].mean(0)
     chroma = mean / mean.max()  # brightness-invariant: a dimmed white is grey, not purple
-    color = min(S.COLORS, key=lambda c: np.abs(np.array(S.COLORS[c]) / max(S.COLORS[c]) - chroma).sum())
+    color = min(O.COLORS, key=lambda c: np.abs(np.array(O.COLORS[c]) / max(O.COLORS[c]) - chroma).sum())
     w, h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
     size = "large" if max(w, h) > 10 else "small"  # small objects span 6.5-7.5 px, large 13-14 px
     cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
@@ -60,7 +64,7 @@ def _describe(pixels: np.ndarray, mask: np.ndarray) -> dict:
 
 
 def _grid_position(cx: float, cy: float) -> str:
-    return S._POSITION_NAMES[int(np.abs(GRID_PX - cy).argmin())][int(np.abs(GRID_PX - cx).argmin())]
+    return O._POSITION_NAMES[int(np.abs(GRID_PX - cy).argmin())][int(np.abs(GRID_PX - cx).argmin())]
 
 
 def _labels(example: dict, features: datasets.Features) -> dict:
@@ -72,7 +76,7 @@ def _labels(example: dict, features: datasets.Features) -> dict:
 
 def test_render_canonical_scene_matches_hand_computed_pixels():
     # a 13.5 px square centred at 16 px covers pixels 9.25..22.75: pixel 10 is inside, pixel 8 is outside
-    image = S.render_shapes([S.ShapeObject("square", "red", "large", "center")])
+    image = O.render_shapes([O.ShapeObject("square", "red", "large", "center")])
     pixels = np.asarray(image)
     assert image.size == (32, 32) and image.mode == "RGB"
     assert tuple(pixels[16, 16]) == (220, 40, 40) and tuple(pixels[10, 21]) == (220, 40, 40)
@@ -82,20 +86,20 @@ def test_render_canonical_scene_matches_hand_computed_pixels():
 
 
 def test_render_scales_with_image_size_and_rejects_bad_input():
-    image = S.render_shapes([S.ShapeObject("circle", "white", "small", "top left")], image_size=64)
+    image = O.render_shapes([O.ShapeObject("circle", "white", "small", "top left")], image_size=64)
     pixels = np.asarray(image)
     ys, xs = np.nonzero(pixels.max(-1) > 128)
     assert image.size == (64, 64)
     assert abs(xs.mean() + 0.5 - 17) < 0.5 and abs(ys.mean() + 0.5 - 17) < 0.5  # 8.5 px at 32 -> 17 px at 64
     with pytest.raises(ValueError, match="Unknown color 'cyan'"):
-        S.ShapeObject("circle", "cyan", "small", "top")
+        O.ShapeObject("circle", "cyan", "small", "top")
     with pytest.raises(ValueError, match="image_size"):
-        S.render_shapes([], image_size=8)
+        O.render_shapes([], image_size=8)
 
 
 def test_same_seed_same_data_other_seed_other_data(tmp_path):
     def build(cache: str, seed: int) -> datasets.Dataset:
-        builder = S.CaptionedShapes(cache_dir=str(tmp_path / cache), seed=seed, num_train=12, num_val=0, num_test=0)
+        builder = D.CaptionedShapes(cache_dir=str(tmp_path / cache), seed=seed, num_train=12, num_val=0, num_test=0)
         builder.download_and_prepare()
         return builder.as_dataset(split="train").cast_column("image", datasets.Image(decode=False))
 
@@ -110,8 +114,8 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path):
 
 
 def test_split_sizes_do_not_change_other_splits():
-    small = S.load_captioned_shapes(seed=3, num_train=5, num_val=3, num_test=4)
-    large = S.load_captioned_shapes(seed=3, num_train=9, num_val=0, num_test=4)
+    small = D.load_captioned_shapes(seed=3, num_train=5, num_val=3, num_test=4)
+    large = D.load_captioned_shapes(seed=3, num_train=9, num_val=0, num_test=4)
     assert small["test"]["captions"] == large["test"]["captions"]
     assert small["train"]["captions"] == large["train"]["captions"][:5]  # examples are drawn one by one
     assert set(large) == {"train", "test"}  # an empty split is left out
@@ -132,19 +136,19 @@ def test_caption_vocabulary_is_exactly_the_words_captions_use():
     used = {"one_object": set(), "two_objects": set()}  # scenes: tests/test_scenes.py
     for name, n in (("one_object", 1), ("two_objects", 2)):
         for _ in range(600):
-            objects, relation = S.sample_scene(n, rng)
-            used[name] |= {w for c in S.caption_shapes(objects, relation, rng=rng) for w in c.split()}
-    assert sorted(used["one_object"]) == S.caption_vocabulary("one_object")
-    assert sorted(used["two_objects"]) == S.caption_vocabulary("two_objects")
-    scenes = set(S.caption_vocabulary("scenes"))
-    assert sorted(used["one_object"] | used["two_objects"] | scenes) == S.caption_vocabulary()
-    assert len(S.caption_vocabulary()) < 150
+            objects, relation = O.sample_scene(n, rng)
+            used[name] |= {w for c in O.caption_shapes(objects, relation, rng=rng) for w in c.split()}
+    assert sorted(used["one_object"]) == D.caption_vocabulary("one_object")
+    assert sorted(used["two_objects"]) == D.caption_vocabulary("two_objects")
+    scenes = set(D.caption_vocabulary("scenes"))
+    assert sorted(used["one_object"] | used["two_objects"] | scenes) == D.caption_vocabulary()
+    assert len(D.caption_vocabulary()) < 150
     with pytest.raises(ValueError, match="Unknown captioned-shapes config 'three'"):
-        S.caption_vocabulary("three")
+        D.caption_vocabulary("three")
 
 
 def test_every_caption_word_is_one_clip_token(one, two):
-    tokenizer = build_clip_tokenizer(S.caption_vocabulary())
+    tokenizer = build_clip_tokenizer(D.caption_vocabulary())
     for dsd in (one, two):
         for captions in dsd["train"]["captions"]:
             for caption in captions:
@@ -156,23 +160,23 @@ def test_one_object_captions_name_the_attributes_drawn():
     # 300 images re-described from their pixels alone, against every caption's words and the attribute columns
     shapes_checked = Counter()
     for index in range(300):
-        example = S.generate_example(0, "one_object", "train", index)
+        example = D.generate_example(0, "one_object", "train", index)
         pixels = np.asarray(example["image"], dtype=float)
         seen = _describe(pixels, _foreground(pixels))
         seen["position"] = _grid_position(seen["cx"], seen["cy"])
         for caption in example["captions"]:
-            said = S.parse_caption(caption)
+            said = O.parse_caption(caption)
             for key in ("color", "size", "position", "shape"):
                 if key in seen:
                     assert said[key] == seen[key], (example["image_id"], caption, key, seen)
             assert said == {k: example[k] for k in said}
         shapes_checked[seen.get("shape")] += 1
-    assert all(shapes_checked[s] > 20 for s in S.SHAPES)  # shape was checked on every shape, not only one
+    assert all(shapes_checked[s] > 20 for s in O.SHAPE_NAMES)  # shape was checked on every shape, not only one
 
 
 def test_two_object_captions_name_both_objects_and_their_relation():
     for index in range(200):
-        example = S.generate_example(0, "two_objects", "train", index)
+        example = D.generate_example(0, "two_objects", "train", index)
         pixels = np.asarray(example["image"], dtype=float)
         mask = _foreground(pixels)
         ys, xs = np.nonzero(mask)
@@ -184,7 +188,7 @@ def test_two_object_captions_name_both_objects_and_their_relation():
             halves[0][:16], halves[1][16:] = mask[:16], mask[16:]
         first, second = (_describe(pixels, half) for half in halves)  # left/top, right/bottom
         for caption in example["captions"]:
-            said = S.parse_caption(caption, num_objects=2)
+            said = O.parse_caption(caption, num_objects=2)
             named = [{k: said[f"{k}_{i}"] for k in ("color", "size", "shape")} for i in (1, 2)]
             if said["relation"] in ("right of", "below"):
                 named.reverse()
@@ -195,17 +199,17 @@ def test_two_object_captions_name_both_objects_and_their_relation():
 
 def test_parse_caption_rejects_captions_without_the_attributes():
     with pytest.raises(ValueError, match="exactly one of each attribute"):
-        S.parse_caption("a red circle in the center")  # no size
+        O.parse_caption("a red circle in the center")  # no size
     with pytest.raises(ValueError, match="exactly one of each attribute"):
-        S.parse_caption("a big red blue circle in the center")
+        O.parse_caption("a big red blue circle in the center")
     with pytest.raises(ValueError, match="relation"):
-        S.parse_caption("a big red circle and a small blue box", num_objects=2)
+        O.parse_caption("a big red circle and a small blue box", num_objects=2)
     with pytest.raises(ValueError, match="needs a relation"):
-        S.caption_shapes([S.ShapeObject("circle", "red", "large", "left")] * 2, relation="near")
+        O.caption_shapes([O.ShapeObject("circle", "red", "large", "left")] * 2, relation="near")
 
 
 def test_builder_and_helper_give_the_normalized_form(tmp_path, one, two):
-    builder = S.CaptionedShapes(config_name="two_objects", cache_dir=str(tmp_path), num_train=4, num_val=1, num_test=2)
+    builder = D.CaptionedShapes(config_name="two_objects", cache_dir=str(tmp_path), num_train=4, num_val=1, num_test=2)
     builder.download_and_prepare()
     built = builder.as_dataset()
     assert builder.config_id.startswith("two_objects-") and builder.config.num_train == 4
@@ -216,34 +220,34 @@ def test_builder_and_helper_give_the_normalized_form(tmp_path, one, two):
             assert all(split.features[k] == v for k, v in NORMALIZED_FEATURES.items())
             assert extra <= set(split.column_names)
             assert split[0]["image_id"] == f"{name}-00000" and split[0]["image"].size == (32, 32)
-    assert two["train"].features["relation"].names == list(S.RELATIONS)
+    assert two["train"].features["relation"].names == list(O.RELATIONS)
     assert one["train"].cache_files == []  # cache_dir=None: generated in a temporary folder, held in memory
     row = two["test"][0]
     labels = _labels(row, two["test"].features)
-    assert S.parse_caption(row["captions"][0], 2)["relation"] in (labels["relation"], S._INVERSE[labels["relation"]])
+    assert O.parse_caption(row["captions"][0], 2)["relation"] in (labels["relation"], O._INVERSE[labels["relation"]])
 
 
 def test_bad_configuration_raises_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="num_train must be a positive integer, got 0"):
-        S.CaptionedShapes(cache_dir=str(tmp_path), num_train=0)
+        D.CaptionedShapes(cache_dir=str(tmp_path), num_train=0)
     with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
-        S.load_captioned_shapes(seed=-1, num_train=2)
+        D.load_captioned_shapes(seed=-1, num_train=2)
     with pytest.raises(ValueError, match="Unknown captioned-shapes config 'three_objects'"):
-        S.load_captioned_shapes("three_objects")
+        D.load_captioned_shapes("three_objects")
     with pytest.raises(ValueError, match="not found"):
-        S.CaptionedShapes(config_name="three_objects", cache_dir=str(tmp_path))
+        D.CaptionedShapes(config_name="three_objects", cache_dir=str(tmp_path))
 
 
 def test_a_random_100_image_subset_of_the_default_train_split_does_not_cover_the_combinations():
     # attributes of the default train split (seed 0, 5000 images) drawn exactly as the builder draws them
     keys = []
     for index in range(5000):
-        objects, _ = S.sample_scene(1, S.example_rng(0, "one_object", "train", index))
-        keys.append(S.combination_key(S.scene_attributes(objects, None)))
+        objects, _ = O.sample_scene(1, D.example_rng(0, "one_object", "train", index))
+        keys.append(D.combination_key(O.scene_attributes(objects, None)))
     subset = np.random.default_rng(0).choice(5000, size=100, replace=False)
-    assert len(set(keys)) == S.num_combinations("one_object") == 4 * 6 * 2 * 9
-    assert len({keys[i] for i in subset}) < 100 < S.num_combinations("one_object")
-    assert S.generate_example(0, "one_object", "train", 4321)["shape"] == keys[4321][0]
+    assert len(set(keys)) == D.num_combinations("one_object") == 4 * 6 * 2 * 9
+    assert len({keys[i] for i in subset}) < 100 < D.num_combinations("one_object")
+    assert D.generate_example(0, "one_object", "train", 4321)["shape"] == keys[4321][0]
 
 
 def test_statistics_against_hand_computed_values():
@@ -257,15 +261,15 @@ def test_statistics_against_hand_computed_values():
         "position": ["top"] * 3,
     }
     features = datasets.Features(
-        {**NORMALIZED_FEATURES, **S._attribute_features(1)}  # same columns the builder writes
+        {**NORMALIZED_FEATURES, **D._attribute_features(1)}  # same columns the builder writes
     )
     ds = datasets.Dataset.from_dict(rows, features=features)
-    stats = S.shapes_statistics(datasets.DatasetDict({"train": ds, "test": ds}), subset_size=2, seed=0)
+    stats = D.shapes_statistics(datasets.DatasetDict({"train": ds, "test": ds}), subset_size=2, seed=0)
     assert stats["splits"]["test"] == {"images": 3, "captions": 3, "combinations": 2}
     assert stats["t2i_r1_ceiling_test"] == pytest.approx(100 * (1 / 2 + 1 / 2 + 1) / 3)
     # default_rng(0).choice(3, 2, replace=False) draws rows 1 and 2: a circle and a square, two combinations
     assert stats["train_subset_size"] == 2 and stats["train_subset_combinations"] == 2
-    assert stats["words_used"] == 4 and stats["vocabulary_size"] == len(S.caption_vocabulary("one_object"))
+    assert stats["words_used"] == 4 and stats["vocabulary_size"] == len(D.caption_vocabulary("one_object"))
 
 
 def test_command_writes_preview_and_statistics(tmp_path, capsys):
@@ -283,3 +287,37 @@ def test_command_writes_preview_and_statistics(tmp_path, capsys):
     assert "a random 100-image subset of train covers" in printed
     assert all(caption in printed for caption in stats["examples"][2]["captions"])
     assert np.asarray(preview).std() > 20  # images and text were drawn, not a blank canvas
+
+
+@pytest.mark.parametrize(
+    ("old", "homes"),
+    [
+        ("diffusers_edge.data.shapes", ["diffusers_edge.shapes.dataset", "diffusers_edge.shapes.objects"]),
+        ("diffusers_edge.data.scenes", ["diffusers_edge.shapes.scenes"]),
+        ("diffusers_edge.data.stack", ["diffusers_edge.shapes.stack"]),
+    ],
+)
+def test_old_module_paths_re_export_every_public_name_of_their_new_homes(old, homes):
+    shim = importlib.import_module(old)
+    for home in map(importlib.import_module, homes):
+        defined = _defined_names(home)
+        assert defined and all(getattr(shim, name) is getattr(home, name) for name in defined)
+    assert sorted(shim.__all__) == sorted(n for n in vars(shim) if not n.startswith("_"))
+
+
+def _defined_names(module) -> list[str]:
+    """The public names a module's own top-level statements define (not the ones it imports)."""
+    names = []
+    for node in ast.parse(inspect.getsource(module)).body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names += [target.id for target in targets if isinstance(target, ast.Name)]
+    return [name for name in names if not name.startswith("_")]
+
+
+def test_old_shapes_name_is_the_tuple_of_shape_names():
+    from diffusers_edge.data import shapes
+
+    assert shapes.SHAPES is O.SHAPE_NAMES == ("circle", "square", "triangle", "cross")

@@ -17,9 +17,9 @@ def test_quick_scenes_stack_trains_every_component_and_loads_back(tmp_path):
     from transformers import CLIPModel
 
     from diffusers_edge.captioning import Captioner
-    from diffusers_edge.data.scenes import SCENE_LABELS
     from diffusers_edge.evaluation.student import build_image_encoder
-    from diffusers_edge.judge import load_judge
+    from diffusers_edge.shapes.judge import load_judge
+    from diffusers_edge.shapes.scenes import SCENE_LABELS
 
     spec = importlib.util.spec_from_file_location("train_tiny_stack", SCRIPT)
     script = importlib.util.module_from_spec(spec)

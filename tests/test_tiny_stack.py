@@ -9,22 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusers_edge.data.shapes import (
-    ShapeObject,
-    caption_shapes,
-    example_rng,
-    parse_caption,
-    render_shapes,
-    sample_scene,
-)
-from diffusers_edge.data.stack import STACK_COMPONENTS, shapes_stack_path
-from diffusers_edge.judge import (
+from diffusers_edge.shapes.dataset import example_rng
+from diffusers_edge.shapes.judge import (
     AttributeJudge,
     images_to_tensor,
     judge_images,
     load_judge,
     score_prompt_following,
 )
+from diffusers_edge.shapes.objects import ShapeObject, caption_shapes, parse_caption, render_shapes, sample_scene
+from diffusers_edge.shapes.stack import STACK_COMPONENTS, shapes_stack_path
 
 # one object of each shape, colours and positions all different: a retrieval or judge mix-up shows
 OBJECTS = [

@@ -1,7 +1,7 @@
 import pytest
 from transformers import BertTokenizer, CLIPTokenizer
 
-from diffusers_edge.tokenization import _bpe, build_bert_tokenizer, build_clip_tokenizer, clip_vocab_and_merges
+from diffusers_edge.shapes.tokenization import _bpe, build_bert_tokenizer, build_clip_tokenizer, clip_vocab_and_merges
 
 # Words whose letter pairs overlap ("ll" in yellow/small, "ow" in yellow/below, "er" in upper/lower/corner), the
 # case where a plain per-word merge chain is broken by another word's merges.

@@ -3,7 +3,7 @@
 
 Every component stands in for a real model and loads through the same `from_pretrained` call:
 
-- `judge/`: attribute CNN (diffusers_edge.judge) trained on real shapes; scores prompt following;
+- `judge/`: attribute CNN (diffusers_edge.shapes.judge) trained on real shapes; scores prompt following;
 - `clip/`: CLIPModel + CLIPProcessor, contrastive on the train split; plays openai/clip-vit-base-patch32;
 - `text-encoder/`: BertModel + BertTokenizer, masked-LM on train captions; plays bert-base-uncased;
 - `captioner/`: VisionEncoderDecoderModel (ViT encoder, BERT decoder); plays the multimodal LLM captioner;
@@ -11,15 +11,16 @@ Every component stands in for a real model and loads through the same `from_pret
 - `student-image-encoder/`: a timm model name + kwargs; for `scenes` also weights pretrained without captions;
   plays nfnet_l0.
 
-`--config scenes` (the default) trains the stack of the `scenes` world into `assets/scenes-stack/`, `--config
-one_object` the first stack into `assets/shapes-stack/` (docs/shapes-stack.md describes both).
+`--config scenes` (the default) trains the stack of the `scenes` world into `src/diffusers_edge/shapes/assets/
+scenes-stack/`, `--config one_object` the first stack into `.../assets/shapes-stack/` (docs/shapes-stack.md describes
+both).
 
 An early experiment of ours (docs/shapes-stack.md) measured on this 2-core CPU that a pixel-space 32x32 UNet is too
 slow to bind colour to shape in 30 minutes; so the generator here is a latent model: a small VAE maps 32x32x3
 images to 8x8x4 latents and the UNet (cross-attention at 8x8 and 4x4) denoises those, conditioned on the frozen
-text tower of the tiny CLIP, with 10% empty captions (classifier-free guidance) and an EMA of its weights. The CLIP
-recipe (ViT patch 8, hidden 128, 4+3 layers, projection 128, AdamW 1e-3 OneCycle, batch 256, 25 epochs) is the one
-measured there.
+text tower of the tiny CLIP, with 10% empty captions (classifier-free guidance) and an EMA of its weights (diffusers'
+`EMAModel`). The CLIP recipe (ViT patch 8, hidden 128, 4+3 layers, projection 128, AdamW 1e-3 OneCycle, batch 256,
+25 epochs) is the one measured there.
 
 Time on this project's 2-core CPU with `--num_threads 1`: 78.9 minutes for `one_object`, 82 CPU-minutes for
 `scenes` (docs/shapes-stack.md has the per-stage tables); the `one_object` stack took about 4 minutes on an H200.
@@ -52,13 +53,16 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from diffusers_edge.data import scenes
-from diffusers_edge.data.shapes import caption_vocabulary, load_captioned_shapes, parse_caption
-from diffusers_edge.data.stack import STACK_FOLDERS
-from diffusers_edge.judge import AttributeJudge, load_judge, read_scenes, score_claims, score_prompt_following
-from diffusers_edge.tokenization import build_bert_tokenizer, build_clip_tokenizer
+from diffusers_edge.clip_features import clip_features
+from diffusers_edge.metrics.retrieval import retrieval_recall
+from diffusers_edge.shapes import scenes
+from diffusers_edge.shapes.dataset import caption_vocabulary, load_captioned_shapes
+from diffusers_edge.shapes.judge import AttributeJudge, load_judge, read_scenes, score_claims, score_prompt_following
+from diffusers_edge.shapes.objects import COLORS, SHAPE_NAMES, parse_caption
+from diffusers_edge.shapes.stack import STACK_FOLDERS
+from diffusers_edge.shapes.tokenization import build_bert_tokenizer, build_clip_tokenizer
 
-ASSETS = Path(__file__).resolve().parents[2] / "src" / "diffusers_edge" / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "src" / "diffusers_edge" / "shapes" / "assets"
 COMPONENTS = ("judge", "clip", "text-encoder", "captioner", "student-image-encoder", "vae", "unet", "eval")
 ATTRIBUTES = ("shape", "color", "size", "position")  # the one_object columns
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation, as CLIPImageProcessor defaults
@@ -180,7 +184,7 @@ class ShapesTensors:
     """One split decoded once: uint8 images (N, 3, 32, 32), 5 captions each, attribute label ids and names.
 
     The attributes are the dataset's ClassLabel columns: shape / color / size / position for `one_object`, the
-    per-cell columns and background of `diffusers_edge.data.scenes.SCENE_LABELS` for `scenes`.
+    per-cell columns and background of `diffusers_edge.shapes.scenes.SCENE_LABELS` for `scenes`.
     """
 
     def __init__(self, images: torch.Tensor, captions: list[list[str]], labels: dict, names: dict) -> None:
@@ -227,21 +231,6 @@ def clip_normalize(pixels: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
     return (pixels - mean) / std
-
-
-def hit_at_k(similarity: torch.Tensor, image_of_text: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """Image-text recall (hit@K, ties pessimistic) from a (num_images, num_texts) similarity matrix."""
-    out = {}
-    t2i = similarity.t()  # (texts, images)
-    true = t2i.gather(1, image_of_text[:, None])
-    t2i_rank = (t2i > true).sum(1) + (t2i == true).sum(1) - 1
-    i2t_rank = torch.full((similarity.shape[0],), 10**9, device=similarity.device)
-    for text, image in enumerate(image_of_text.tolist()):
-        i2t_rank[image] = min(i2t_rank[image], int((similarity[image] >= similarity[image, text]).sum() - 1))
-    for k in ks:
-        out[f"t2i_R@{k}"] = round(100 * float((t2i_rank < k).float().mean()), 2)
-        out[f"i2t_R@{k}"] = round(100 * float((i2t_rank < k).float().mean()), 2)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------- judge
@@ -372,18 +361,14 @@ def clip_retrieval(model, tokenizer, data: ShapesTensors, device: str) -> dict[s
     image_features, text_features = [], []
     for start in range(0, len(data), 500):
         pixels = clip_normalize(data.floats(slice(start, start + 500)).to(device))
-        image_features.append(F.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1))
+        image_features.append(F.normalize(clip_features(model.get_image_features(pixel_values=pixels)), dim=-1))
     for start in range(0, len(texts), 500):
         tokens = tokenizer(texts[start : start + 500], padding="max_length", max_length=CLIP_MAX_LENGTH,
                            truncation=True, return_tensors="pt").to(device)
-        text_features.append(F.normalize(_features(model.get_text_features(**tokens)), dim=-1))
+        text_features.append(F.normalize(clip_features(model.get_text_features(**tokens)), dim=-1))
     similarity = (torch.cat(image_features) @ torch.cat(text_features).t()).cpu()
-    return hit_at_k(similarity, image_of_text)
-
-
-def _features(output) -> torch.Tensor:
-    """get_*_features return a tensor (transformers 4) or an output with `pooler_output` (transformers 5)."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
+    recall = retrieval_recall(similarity, image_of_text)  # hit@K with pessimistic ties (docs/metrics.md)
+    return {key: round(value, 2) for key, value in recall.items() if "_R@" in key}
 
 
 # -------------------------------------------------------------------------------------------------------- BERT
@@ -598,7 +583,7 @@ def captioner_eval(model, tokenizer, test: ShapesTensors, device: str, config: s
     """Captions of test images read back and checked against the drawn scene.
 
     `one_object`: greedy captions parsed with `parse_caption`, per attribute. `scenes`: claim accuracy
-    (`diffusers_edge.data.scenes.claim_accuracy`) of greedy captions and of sampled ones (what caption synthesis
+    (`diffusers_edge.shapes.scenes.claim_accuracy`) of greedy captions and of sampled ones (what caption synthesis
     writes), against each image's true scene.
     """
     captions = generate_captions(model, tokenizer, test.floats(), device)
@@ -715,7 +700,7 @@ def write_student_image_encoder(args, test: ShapesTensors, log: dict) -> None:
 
 def presence_targets(data: ShapesTensors) -> torch.Tensor:
     """(N, 24) floats: 1 where the scene holds an object of that shape and colour (shapes major)."""
-    pairs = [(shape, color) for shape in scenes.SHAPES for color in scenes.COLORS]
+    pairs = [(shape, color) for shape in SHAPE_NAMES for color in COLORS]
     targets = torch.zeros(len(data), len(pairs))
     for i in range(len(data)):
         for obj in data.scene(i).objects:
@@ -831,27 +816,6 @@ def sd_schedulers(prediction_type: str):
     return DDPMScheduler(num_train_timesteps=1000, **common), DDIMScheduler(set_alpha_to_one=False, **common)
 
 
-class EMA:
-    """Exponential moving average of parameters, with the usual (1 + step) / (10 + step) warm-up of the decay."""
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.shadow = [p.detach().clone() for p in model.parameters()]
-        self.step = 0
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.step += 1
-        decay = min(self.decay, (1 + self.step) / (10 + self.step))
-        for s, p in zip(self.shadow, model.parameters()):
-            s.lerp_(p.detach(), 1 - decay)
-
-    @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module) -> None:
-        for s, p in zip(self.shadow, model.parameters()):
-            p.copy_(s)
-
-
 def text_embeddings(text_encoder, tokenizer, captions: list[str], device: str) -> torch.Tensor:
     tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                        return_tensors="pt")
@@ -861,6 +825,7 @@ def text_embeddings(text_encoder, tokenizer, captions: list[str], device: str) -
 
 def train_unet(args, train: ShapesTensors, log: dict):
     from diffusers import AutoencoderKL
+    from diffusers.training_utils import EMAModel
     from transformers import CLIPModel, CLIPTextModel
 
     generator = seed_everything(args.seed + 6)
@@ -875,7 +840,9 @@ def train_unet(args, train: ShapesTensors, log: dict):
     train_scheduler, sample_scheduler = sd_schedulers(args.prediction_type)
     alphas = train_scheduler.alphas_cumprod.to(args.device)
     unet = build_unet(args).to(args.device)
-    ema = EMA(unet, args.ema_decay)
+    # update_after_step=-1: update k (from 1) uses decay min(ema_decay, (1 + k) / (10 + k)), the schedule the shipped
+    # weights were trained with; the default 0 would start one update later, with a plain copy of the weights.
+    ema = EMAModel(unet.parameters(), decay=args.ema_decay, update_after_step=-1)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, weight_decay=1e-2)
     scheduler = one_cycle(optimizer, args.unet_steps, pct_start=0.05)
     empty = text_embeddings(text_encoder, tokenizer, [""], args.device)
@@ -908,7 +875,7 @@ def train_unet(args, train: ShapesTensors, log: dict):
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            ema.update(unet)
+            ema.step(unet.parameters())
             losses.append(loss.item())
             progress.update()
             progress.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
@@ -917,7 +884,7 @@ def train_unet(args, train: ShapesTensors, log: dict):
                 break
     progress.close()
     log["train_cpu_s"] = round(time.process_time() - train_cpu, 1)
-    ema.copy_to(unet)
+    ema.copy_to(unet.parameters())
     unet.eval()
     log["params"], log["steps"] = num_params(unet), args.unet_steps
     log["final_loss_mean_last_100"] = round(float(np.mean(losses[-100:])), 5)

@@ -20,14 +20,14 @@ _LAZY_NAMES: dict[str, str] = {
     "load_hub_source": "diffusers_edge.data.sources",
     "load_imagefolder_source": "diffusers_edge.data.sources",
     "pre_caption": "diffusers_edge.data.sources",
-    "CaptionedShapes": "diffusers_edge.data.shapes",
-    "CaptionedShapesConfig": "diffusers_edge.data.shapes",
-    "load_captioned_shapes": "diffusers_edge.data.shapes",
-    "render_shapes": "diffusers_edge.data.shapes",
-    "caption_shapes": "diffusers_edge.data.shapes",
-    "caption_vocabulary": "diffusers_edge.data.shapes",
-    "parse_caption": "diffusers_edge.data.shapes",
-    "ShapeObject": "diffusers_edge.data.shapes",
+    "CaptionedShapes": "diffusers_edge.shapes.dataset",
+    "CaptionedShapesConfig": "diffusers_edge.shapes.dataset",
+    "load_captioned_shapes": "diffusers_edge.shapes.dataset",
+    "render_shapes": "diffusers_edge.shapes.objects",
+    "caption_shapes": "diffusers_edge.shapes.objects",
+    "caption_vocabulary": "diffusers_edge.shapes.dataset",
+    "parse_caption": "diffusers_edge.shapes.objects",
+    "ShapeObject": "diffusers_edge.shapes.objects",
     "Captioner": "diffusers_edge.captioning",
     "retrieval_recall": "diffusers_edge.metrics.retrieval",
     "retrieval_recall_from_embeddings": "diffusers_edge.metrics.retrieval",
@@ -60,16 +60,16 @@ _LAZY_NAMES: dict[str, str] = {
     "results_table": "diffusers_edge.evaluation",
     "select_coreset": "diffusers_edge.coreset",
     "embed_pool": "diffusers_edge.coreset",
-    "shapes_stack_path": "diffusers_edge.data.stack",
-    "STACK_COMPONENTS": "diffusers_edge.data.stack",
-    "AttributeJudge": "diffusers_edge.judge",
-    "load_judge": "diffusers_edge.judge",
-    "judge_images": "diffusers_edge.judge",
-    "score_prompt_following": "diffusers_edge.judge",
+    "shapes_stack_path": "diffusers_edge.shapes.stack",
+    "STACK_COMPONENTS": "diffusers_edge.shapes.stack",
+    "AttributeJudge": "diffusers_edge.shapes.judge",
+    "load_judge": "diffusers_edge.shapes.judge",
+    "judge_images": "diffusers_edge.shapes.judge",
+    "score_prompt_following": "diffusers_edge.shapes.judge",
     "DemoConfig": "diffusers_edge.demo",
     "run_demo": "diffusers_edge.demo",
-    "build_clip_tokenizer": "diffusers_edge.tokenization",
-    "build_bert_tokenizer": "diffusers_edge.tokenization",
+    "build_clip_tokenizer": "diffusers_edge.shapes.tokenization",
+    "build_bert_tokenizer": "diffusers_edge.shapes.tokenization",
 }
 
 __all__ = ["__version__", *_LAZY_NAMES]
@@ -99,16 +99,6 @@ if TYPE_CHECKING:
         to_flat_pairs,
     )
     from .data.format import NORMALIZED_FEATURES, validate_normalized
-    from .data.shapes import (
-        CaptionedShapes,
-        CaptionedShapesConfig,
-        ShapeObject,
-        caption_shapes,
-        caption_vocabulary,
-        load_captioned_shapes,
-        parse_caption,
-        render_shapes,
-    )
     from .data.sources import (
         load_hub_source,
         load_imagefolder_source,
@@ -116,7 +106,6 @@ if TYPE_CHECKING:
         load_source,
         pre_caption,
     )
-    from .data.stack import STACK_COMPONENTS, shapes_stack_path
     from .demo import DemoConfig, run_demo
     from .evaluation import (
         PROTOCOLS,
@@ -128,11 +117,14 @@ if TYPE_CHECKING:
         results_table,
         train_student,
     )
-    from .judge import AttributeJudge, judge_images, load_judge, score_prompt_following
     from .losses import bidirectional_contrastive_loss, diversity_loss
     from .metrics import image_text_recall_path
     from .metrics.retrieval import retrieval_recall, retrieval_recall_from_embeddings
     from .pipeline_edge import DistillProgress, EDGEPipeline, item_seed
     from .selection import embed_captions, kcenter_greedy, kmeans_nearest, select_captions
-    from .tokenization import build_bert_tokenizer, build_clip_tokenizer
+    from .shapes.dataset import CaptionedShapes, CaptionedShapesConfig, caption_vocabulary, load_captioned_shapes
+    from .shapes.judge import AttributeJudge, judge_images, load_judge, score_prompt_following
+    from .shapes.objects import ShapeObject, caption_shapes, parse_caption, render_shapes
+    from .shapes.stack import STACK_COMPONENTS, shapes_stack_path
+    from .shapes.tokenization import build_bert_tokenizer, build_clip_tokenizer
     from .training import EDGELossConfig, EDGEObjective, load_difffit_weights

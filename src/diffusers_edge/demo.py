@@ -161,7 +161,7 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.clip_batch_size must be >= 1 when given, got {self.clip_batch_size}.")
         if not self.seeds or not self.generation_seeds:
             raise ValueError("DemoConfig.seeds and DemoConfig.generation_seeds need at least one seed each.")
-        from .data.stack import STACK_FOLDERS
+        from .shapes.stack import STACK_FOLDERS
 
         if self.shapes_config not in STACK_FOLDERS:
             raise ValueError(f"DemoConfig.shapes_config must be in {list(STACK_FOLDERS)}, got {self.shapes_config!r}.")
@@ -211,7 +211,7 @@ class DemoConfig:
 
     def stack(self, component: str) -> Path:
         """A component folder of the stack of `shapes_config`."""
-        from .data.stack import shapes_stack_path
+        from .shapes.stack import shapes_stack_path
 
         return shapes_stack_path(component, config=self.shapes_config)
 
@@ -365,7 +365,7 @@ class StudentEvaluator:
 
 
 def _load_data(config: DemoConfig, cache: Path) -> datasets.DatasetDict:
-    from .data.shapes import load_captioned_shapes
+    from .shapes.dataset import load_captioned_shapes
 
     # the split sizes and seed the shipped stacks were trained on (docs/shapes-stack.md)
     return load_captioned_shapes(
@@ -547,8 +547,8 @@ def _generation_diagnostics(
 
 
 def _attribute_diagnostics(distilled: datasets.Dataset, judge: Any) -> dict[str, Any]:
-    from .data.shapes import parse_caption
-    from .judge import judge_images, score_prompt_following
+    from .shapes.judge import judge_images, score_prompt_following
+    from .shapes.objects import parse_caption
 
     images = list(distilled["image"])
     scores = score_prompt_following(images, [parse_caption(p) for p in distilled["prompt"]], judge)
@@ -561,8 +561,8 @@ def _attribute_diagnostics(distilled: datasets.Dataset, judge: Any) -> dict[str,
 
 
 def _scene_diagnostics(distilled: datasets.Dataset, judge: Any, source: datasets.Dataset) -> dict[str, Any]:
-    from .data.scenes import SCENE_LABELS, claim_accuracy, scene_from_columns, unsaid_variety
-    from .judge import read_scenes, score_claims
+    from .shapes.judge import read_scenes, score_claims
+    from .shapes.scenes import SCENE_LABELS, claim_accuracy, scene_from_columns, unsaid_variety
 
     images, prompts = list(distilled["image"]), list(distilled["prompt"])
     judged, _ = read_scenes(images, judge)
@@ -599,7 +599,7 @@ def pixel_change(before: datasets.Dataset, after: datasets.Dataset) -> float:
 
 def _caption_agreement(distilled: datasets.Dataset, judged: dict[str, list[str]]) -> dict[str, float]:
     """Percent of synthesized captions that parse and whose shape/colour agree with what the judge sees."""
-    from .data.shapes import parse_caption
+    from .shapes.objects import parse_caption
 
     total, parsed, agree = 0, 0, 0
     for i, captions in enumerate(distilled["captions"]):
@@ -695,7 +695,7 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
 
     from .captioning import Captioner
     from .coreset import select_coreset
-    from .judge import load_judge
+    from .shapes.judge import load_judge
 
     config = config or DemoConfig()
     started = time.perf_counter()

@@ -38,13 +38,13 @@ from transformers import (
     CLIPTextModel,
 )
 
-from .tokenization import build_bert_tokenizer, build_clip_tokenizer
+from .shapes.tokenization import build_bert_tokenizer, build_clip_tokenizer
 
 TINY_HIDDEN_SIZE = 32
 
 
 def _default_words() -> list[str]:
-    from .data.shapes import caption_vocabulary
+    from .shapes.dataset import caption_vocabulary
 
     return caption_vocabulary()
 

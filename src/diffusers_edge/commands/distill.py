@@ -99,7 +99,7 @@ def check_args(args: argparse.Namespace) -> None:
 def load_training_source(args: argparse.Namespace) -> datasets.Dataset:
     """`shapes` -> the embedded captioned-shapes train split; anything else -> `data.sources.load_source`."""
     if args.source == SHAPES:
-        from ..data.shapes import load_captioned_shapes
+        from ..shapes.dataset import load_captioned_shapes
 
         return load_captioned_shapes(num_train=args.shapes_num_train, num_val=0, num_test=0)[args.source_split]
     from ..data.sources import load_source

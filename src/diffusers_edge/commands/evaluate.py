@@ -104,7 +104,7 @@ def _captions_per_image(value: str) -> int | None:
 def load_split(source: str, split: str, args: argparse.Namespace) -> datasets.Dataset:
     """`shapes` -> the embedded captioned-shapes split; anything else -> `diffusers_edge.data.sources.load_source`."""
     if source == SHAPES:
-        from ..data.shapes import load_captioned_shapes
+        from ..shapes.dataset import load_captioned_shapes
 
         shapes = load_captioned_shapes(
             args.shapes_config,

@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         >>> parse_args(["--config", "two_objects", "--num_train", "100"]).num_train
         100
     """
-    from diffusers_edge.data.shapes import CONFIGS
+    from diffusers_edge.shapes.dataset import CONFIGS
 
     parser = argparse.ArgumentParser(
         prog="diffusers-edge shapes",
@@ -57,7 +57,7 @@ def preview_grid(dataset: datasets.Dataset, num_images: int = PREVIEW_IMAGES, co
     """A grid of the first `num_images` images, enlarged 4x, each with its first caption written underneath.
 
     Example:
-        >>> from diffusers_edge.data.shapes import load_captioned_shapes
+        >>> from diffusers_edge.shapes.dataset import load_captioned_shapes
         >>> preview_grid(load_captioned_shapes(num_train=4, num_val=0, num_test=0)["train"], 4, columns=2).size
         (340, 362)
     """
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         >>> main(["--num_train", "200", "--num_test", "50", "--output_dir", "out"])  # doctest: +SKIP
         0
     """
-    from diffusers_edge.data.shapes import load_captioned_shapes, shapes_statistics
+    from diffusers_edge.shapes.dataset import load_captioned_shapes, shapes_statistics
 
     args = parse_args(argv)
     start = time.perf_counter()

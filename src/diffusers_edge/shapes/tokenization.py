@@ -4,8 +4,8 @@ A CLIP byte-level BPE tokenizer is normally trained on a large corpus. For the e
 want the same tokenizer class (so the code path that loads `openai/clip-vit-base-patch32` is the one tests run) with
 a vocabulary in which every caption word is exactly one token. Building it is a small fixed-point problem: BPE
 applies merges by rank over all adjacent pairs, so a plain chain of merges per word can be broken by another word's
-merges (REFERENCE.md section 5 saw "yellow" split that way). `build_clip_tokenizer` appends merges until every word
-encodes to one token under CLIP's own BPE rule, then checks the result with the real tokenizer.
+merges ("yellow" was seen split that way; docs/method.md, "The tiny stacks"). `build_clip_tokenizer` appends merges
+until every word encodes to one token under CLIP's own BPE rule, then checks the result with the real tokenizer.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """The attribute judge: a small CNN that reads shape, colour, size and position off a captioned-shapes image.
 
 It scores prompt following of a generator on the shapes data: generate from a caption, let the judge classify the
-picture, compare with the attributes the caption names (`diffusers_edge.data.shapes.parse_caption`). REFERENCE.md
-section 5 found such a judge >= 99.8% accurate on real test images, and that checking prompt following with it is
-needed before trusting student numbers. The trained judge ships in the shapes stack (`shapes_stack_path("judge")`)
-as `model.safetensors` + `config.json`; nothing is unpickled.
+picture, compare with the attributes the caption names (`diffusers_edge.shapes.objects.parse_caption`). Such a
+judge was measured >= 99.8% accurate on real test images, and checking prompt following with it proved needed
+before trusting student numbers (docs/method.md, "The tiny stacks"). The trained judge ships in the shapes stack
+(`shapes_stack_path("judge")`) as `model.safetensors` + `config.json`; nothing is unpickled.
 
 Example:
-    >>> from diffusers_edge.data.shapes import ShapeObject, render_shapes
+    >>> from diffusers_edge.shapes.objects import ShapeObject, render_shapes
     >>> judge = load_judge()  # doctest: +SKIP
     >>> judge_images([render_shapes([ShapeObject("circle", "red", "large", "center")])], judge)  # doctest: +SKIP
     {'shape': ['circle'], 'color': ['red'], 'size': ['large'], 'position': ['center']}
@@ -123,7 +123,7 @@ def load_judge(path: str | Path | None = None, device: str | torch.device = "cpu
         ['color', 'position', 'shape', 'size']
     """
     if path is None:
-        from .data.stack import shapes_stack_path
+        from .stack import shapes_stack_path
 
         path = shapes_stack_path("judge")
     return AttributeJudge.from_pretrained(path).to(device)
@@ -171,7 +171,7 @@ def judge_images(images: Any, judge: AttributeJudge | None = None, batch_size: i
         batch_size: images per forward pass.
 
     Example:
-        >>> from diffusers_edge.data.shapes import ShapeObject, render_shapes
+        >>> from diffusers_edge.shapes.objects import ShapeObject, render_shapes
         >>> judge_images([render_shapes([ShapeObject("cross", "blue", "small", "top")])])  # doctest: +SKIP
         {'shape': ['cross'], 'color': ['blue'], 'size': ['small'], 'position': ['top']}
     """
@@ -205,7 +205,7 @@ def score_prompt_following(
         batch_size: images per forward pass.
 
     Example:
-        >>> from diffusers_edge.data.shapes import parse_caption
+        >>> from diffusers_edge.shapes.objects import parse_caption
         >>> prompts = ["a big red disk in the middle"]
         >>> score_prompt_following(images, [parse_caption(p) for p in prompts])  # doctest: +SKIP
         {'shape': 100.0, 'color': 100.0, 'size': 100.0, 'position': 100.0, 'shape+color': 100.0, 'all': 100.0}
@@ -232,7 +232,7 @@ def score_prompt_following(
 
 @torch.no_grad()
 def read_scenes(images: Any, judge: AttributeJudge, batch_size: int = 256) -> tuple[list[Any], np.ndarray]:
-    """Reads the scene of every image with a scene judge (one head per `diffusers_edge.data.scenes.SCENE_LABELS`).
+    """Reads the scene of every image with a scene judge (one head per `diffusers_edge.shapes.scenes.SCENE_LABELS`).
 
     A cell is empty when its shape head says `"none"`; otherwise its colour and size are the most likely classes
     other than `"none"`, so every reading is a valid `Scene`. The confidence of a reading is the lowest probability
@@ -245,7 +245,7 @@ def read_scenes(images: Any, judge: AttributeJudge, batch_size: int = 256) -> tu
         >>> judge = load_judge(shapes_stack_path("judge", config="scenes"))  # doctest: +SKIP
         >>> scenes, confidence = read_scenes(images, judge)  # doctest: +SKIP
     """
-    from .data.scenes import CELL_COLUMNS, NONE, SCENE_LABELS, scene_from_columns
+    from .scenes import CELL_COLUMNS, NONE, SCENE_LABELS, scene_from_columns
 
     if set(judge.labels) != set(SCENE_LABELS):
         raise ValueError(f"This judge reads {sorted(judge.labels)}, not the scene columns; load a scenes judge.")
@@ -285,7 +285,7 @@ def score_claims(
 ) -> dict[str, float]:
     """Claim accuracy of `captions[i]` on `images[i]` as the scene judge reads the images.
 
-    Returns `diffusers_edge.data.scenes.claim_accuracy` of the captions against the judged scenes (percent,
+    Returns `diffusers_edge.shapes.scenes.claim_accuracy` of the captions against the judged scenes (percent,
     overall and per claim kind), plus `confident` (percent of images the judge read with confidence at least
     `confident`) and `all_confident` (claim accuracy on those images only).
 
@@ -293,7 +293,7 @@ def score_claims(
         >>> score_claims(images, ["a red circle left of a blue box"], judge)  # doctest: +SKIP
         {'all': 100.0, 'relation': 100.0, 'confident': 100.0, 'all_confident': 100.0}
     """
-    from .data.scenes import claim_accuracy
+    from .scenes import claim_accuracy
 
     scenes, confidences = read_scenes(images, judge, batch_size)
     if len(captions) != len(scenes):
