@@ -265,19 +265,20 @@ def _print(message: str) -> None:
 class StudentEvaluator(RetrievalEvaluator):
     """Trains the protocol's retrieval student on any normalized set and scores it on a fixed test set.
 
-    The demo's `diffusers_edge.evaluation.RetrievalEvaluator`: the test images and every caption's frozen text
-    feature are prepared once and shared by all rows and seeds, and `evaluate` runs the per-seed loop behind
-    `evaluate_dataset`, so every row (coresets, generated sets, the full split) goes through the same code. Here the
-    image encoder never loads timm's pretrained weights: it starts from `image_encoder_checkpoint` or at random.
+    The demo's `diffusers_edge.evaluation.RetrievalEvaluator`, whose image encoder never loads timm's pretrained
+    weights (`pretrained=False`): it starts from `image_encoder_checkpoint` or at random. The test images and every
+    caption's frozen text feature are prepared once and shared by all rows and seeds, and `evaluate` runs the
+    per-seed loop behind `evaluate_dataset`, so every row (coresets, generated sets, the full split) goes through
+    the same code.
 
     Args:
         test: the test split (normalized form).
         config: the student protocol (`protocol_config`).
         image_encoder: timm model name; `image_encoder_kwargs` its architecture arguments.
-        image_encoder_checkpoint: weights every student's image encoder starts from (`None`: random init).
         text_encoder: the frozen text encoder folder; `text_pooling` its pooling.
-        device: where the student runs.
+        device: where the student runs (default: CUDA when available).
         progress: show per-run progress bars.
+        image_encoder_checkpoint: weights every student's image encoder starts from (`None`: random init).
 
     Example:
         >>> evaluator = StudentEvaluator(test, protocol_config("lors", epochs=20, image_size=32), "resnet10t",
@@ -286,30 +287,8 @@ class StudentEvaluator(RetrievalEvaluator):
         {'mean': ..., 'std': ...}
     """
 
-    def __init__(
-        self,
-        test: datasets.Dataset,
-        config: Any,
-        image_encoder: str,
-        image_encoder_kwargs: dict[str, Any],
-        text_encoder: str | Path,
-        text_pooling: str = "cls",
-        device: str = "cpu",
-        progress: bool = True,
-        image_encoder_checkpoint: str | Path | None = None,
-    ) -> None:
-        super().__init__(
-            test,
-            config,
-            image_encoder,
-            image_encoder_kwargs,
-            str(text_encoder),
-            text_pooling,
-            pretrained=False,
-            image_encoder_checkpoint=image_encoder_checkpoint,
-            device=device,
-            progress=progress,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs, pretrained=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------

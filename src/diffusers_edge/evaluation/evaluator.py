@@ -50,11 +50,11 @@ class RetrievalEvaluator:
         image_encoder: a timm model name; `image_encoder_kwargs` its architecture arguments.
         text_encoder: the frozen text encoder, a transformers model id or folder; `text_pooling` its pooling (`cls`,
             the protocol's, or `mean`; see `FrozenTextEncoder`).
-        pretrained: load timm's pretrained weights for the image encoder.
-        image_encoder_checkpoint: a local weights file every student's image encoder starts from (overrides
-            `pretrained`).
         device: where the students and the text encoder run (default: CUDA when available).
         progress: show a progress bar per run.
+        image_encoder_checkpoint: a local weights file every student's image encoder starts from (overrides
+            `pretrained`).
+        pretrained: load timm's pretrained weights for the image encoder.
 
     Example:
         >>> evaluator = RetrievalEvaluator(test, protocol_config("lors", epochs=20, image_size=32), "resnet10t",
@@ -71,11 +71,10 @@ class RetrievalEvaluator:
         image_encoder_kwargs: dict[str, Any] | None = None,
         text_encoder: str | Path = DEFAULT_TEXT_ENCODER,
         text_pooling: str = "cls",
-        *,
-        pretrained: bool = True,
-        image_encoder_checkpoint: str | Path | None = None,
         device: str | None = None,
         progress: bool = True,
+        image_encoder_checkpoint: str | Path | None = None,
+        pretrained: bool = True,
     ) -> None:
         self.config = config
         self.image_encoder = image_encoder
