@@ -7,7 +7,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-import diffusers_edge.evaluation.trainer as trainer
+import diffusers_edge.evaluation.evaluator as evaluator
 from diffusers_edge.commands.evaluate import build_parser, run
 from diffusers_edge.data.distilled import MANIFEST_NAME, load_distilled, run_id, shard_path, write_card, write_shard
 from diffusers_edge.evaluation.student import FrozenTextEncoder
@@ -37,7 +37,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the student was trained on a set that should have been refused")
 
-    monkeypatch.setattr(trainer, "evaluate_dataset", refuse)
+    monkeypatch.setattr(evaluator, "evaluate_dataset", refuse)
 
 
 def parse(tmp_path, *extra):

@@ -1,6 +1,9 @@
 """The retrieval student and its trainer, on tiny timm and BERT configs built locally."""
 
+import dataclasses
 import math
+import re
+from pathlib import Path
 
 import datasets
 import pytest
@@ -11,8 +14,10 @@ from safetensors.torch import save_file
 from diffusers_edge.data.format import NORMALIZED_FEATURES
 from diffusers_edge.data.shapes import load_captioned_shapes
 from diffusers_edge.evaluation import (
+    PROTOCOLS,
     FrozenTextEncoder,
     ProjectionHead,
+    ProtocolConfig,
     RetrievalStudent,
     build_image_encoder,
     contrastive_loss,
@@ -110,6 +115,36 @@ def test_protocol_presets_and_overrides():
         protocol_config("lors", epoch=3)
     with pytest.raises(ValueError, match="Unknown protocol 'mtt'"):
         protocol_config("mtt")
+
+
+def test_each_preset_is_written_once_and_says_what_the_docs_say():
+    # the ProtocolConfig defaults ARE the lors preset; protocol_config returns a copy, never the preset itself
+    assert PROTOCOLS["lors"] == ProtocolConfig() == protocol_config("lors")
+    changed = protocol_config("lors", epochs=3)
+    changed.lr_milestones.append(7)
+    assert PROTOCOLS["lors"] == ProtocolConfig() and changed != protocol_config("lors")
+    # the edge preset differs from lors only in what docs/evaluation.md says differs
+    differ = {f.name for f in dataclasses.fields(ProtocolConfig) if getattr(PROTOCOLS["edge"], f.name) != getattr(
+        PROTOCOLS["lors"], f.name)}
+    assert differ == {"name", "batch_size", "momentum", "weight_decay", "lr_milestones", "augment", "eval_every"}
+    # each preset's row of the docs/evaluation.md presets table, cell by cell
+    doc = (Path(__file__).parents[1] / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    for name, config in PROTOCOLS.items():
+        (row,) = re.findall(rf"^\| `{name}` \|.*\|$", doc, flags=re.M)
+        optimiser, epochs, schedule, batch, augmentation, evaluated = [c.strip() for c in row.split("|")[2:-1]]
+        assert config.name == name and config.text_lr is None
+        assert optimiser.startswith(f"SGD lr {config.lr}")
+        assert ("no momentum" in optimiser) if config.momentum == 0 else (f"momentum {config.momentum}" in optimiser)
+        decay = re.search(r"weight decay ([\d.e-]+)", optimiser)
+        assert ("no weight decay" in optimiser) if config.weight_decay == 0 else (
+            float(decay.group(1)) == config.weight_decay)
+        assert epochs == str(config.epochs) and batch == str(config.batch_size)
+        milestones = ", ".join(str(m) for m in config.lr_milestones)
+        assert schedule == (f"×{config.lr_gamma} after epoch {milestones}" if milestones else "constant")
+        assert (augmentation == "none") == (not config.augment)
+        if config.augment:
+            assert augmentation == "RandomResizedCrop(scale 0.5–1), horizontal flip, RandAugment(2, 5)"
+        assert evaluated == f"every {config.eval_every} epochs"
 
 
 def test_prepare_pairs_flattens_every_caption_and_rejects_bad_sets(shapes):

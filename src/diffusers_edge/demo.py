@@ -44,7 +44,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .evaluation.trainer import TABLE_COLUMNS, mean_std_cell
+from .evaluation.evaluator import RetrievalEvaluator
+from .evaluation.report import mean_std_cell, results_table
 
 REAL_ROWS = ("random coreset", "herding", "k-center")
 GENERATED_ROWS = ("plain generation", "EDGE w/o caption synthesis", "EDGE", "EDGE + k-center selection")
@@ -261,21 +262,23 @@ def _print(message: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class StudentEvaluator:
+class StudentEvaluator(RetrievalEvaluator):
     """Trains the protocol's retrieval student on any normalized set and scores it on a fixed test set.
 
-    The test images and every caption's frozen text feature are prepared once and shared by all rows and seeds;
-    each run uses `diffusers_edge.evaluation.trainer.train_student` / `evaluate_student`, the functions behind
-    `evaluate_dataset`, so every row (coresets, generated sets, the full split) goes through the same code.
+    The demo's `diffusers_edge.evaluation.RetrievalEvaluator`, whose image encoder never loads timm's pretrained
+    weights (`pretrained=False`): it starts from `image_encoder_checkpoint` or at random. The test images and every
+    caption's frozen text feature are prepared once and shared by all rows and seeds, and `evaluate` runs the
+    per-seed loop behind `evaluate_dataset`, so every row (coresets, generated sets, the full split) goes through
+    the same code.
 
     Args:
         test: the test split (normalized form).
         config: the student protocol (`protocol_config`).
         image_encoder: timm model name; `image_encoder_kwargs` its architecture arguments.
-        image_encoder_checkpoint: weights every student's image encoder starts from (`None`: random init).
         text_encoder: the frozen text encoder folder; `text_pooling` its pooling.
-        device: where the student runs.
+        device: where the student runs (default: CUDA when available).
         progress: show per-run progress bars.
+        image_encoder_checkpoint: weights every student's image encoder starts from (`None`: random init).
 
     Example:
         >>> evaluator = StudentEvaluator(test, protocol_config("lors", epochs=20, image_size=32), "resnet10t",
@@ -284,79 +287,8 @@ class StudentEvaluator:
         {'mean': ..., 'std': ...}
     """
 
-    def __init__(
-        self,
-        test: datasets.Dataset,
-        config: Any,
-        image_encoder: str,
-        image_encoder_kwargs: dict[str, Any],
-        text_encoder: str | Path,
-        text_pooling: str = "cls",
-        device: str = "cpu",
-        progress: bool = True,
-        image_encoder_checkpoint: str | Path | None = None,
-    ) -> None:
-        from .evaluation.student import FrozenTextEncoder
-        from .evaluation.trainer import prepare_pairs
-
-        self.config = config
-        self.image_encoder = image_encoder
-        self.image_encoder_kwargs = dict(image_encoder_kwargs)
-        self.image_encoder_checkpoint = image_encoder_checkpoint
-        self.device = device
-        self.progress = progress
-        self.texts = FrozenTextEncoder(str(text_encoder), config.max_text_length, device=device, pooling=text_pooling)
-        self.test = prepare_pairs(test, config.image_size, name="the test set")
-        self.test_features = self.encode(self.test.captions)
-
-    def encode(self, captions: Sequence[str]) -> torch.Tensor:
-        """Frozen text features of `captions` (rows in order)."""
-        return self.texts.encode(list(captions), batch_size=self.config.eval_batch_size)
-
-    def evaluate(self, train: Callable[[int], datasets.Dataset], seeds: Sequence[int]) -> dict[str, Any]:
-        """Per seed: a fresh student trained on `train(seed)`; returns runs and mean ± std of last and best."""
-        from .evaluation.student import RetrievalStudent
-        from .evaluation.trainer import evaluate_student, prepare_pairs, summarize, train_student
-
-        runs = []
-        for seed in seeds:
-            started = time.perf_counter()
-            pairs = prepare_pairs(train(seed), self.config.image_size, name=f"the training set of seed {seed}")
-            features = self.encode(pairs.captions)
-            torch.manual_seed(seed)
-            student = RetrievalStudent.from_timm(
-                self.image_encoder,
-                text_dim=self.texts.hidden_size,
-                pretrained=False,
-                checkpoint=self.image_encoder_checkpoint,
-                dropout=self.config.dropout,
-                logit_scale=self.config.logit_scale,
-                **self.image_encoder_kwargs,
-            ).to(self.device)
-            history = train_student(
-                student,
-                pairs.images,
-                features,
-                pairs.text_to_image,
-                self.config,
-                seed=seed,
-                evaluate=lambda s: evaluate_student(
-                    s, self.test.images, self.test_features, self.test.text_to_image, self.config
-                ),
-                progress=self.progress,
-            )
-            sizes = {"num_images": pairs.num_images, "num_pairs": pairs.num_pairs}
-            runs.append({"seed": seed, "train": sizes, **history, "seconds": time.perf_counter() - started})
-        return {
-            "protocol": self.config.to_dict(),
-            "seeds": list(seeds),
-            "train": runs[0]["train"],
-            "runs": runs,
-            "summary": {
-                "last": summarize([run["last"] for run in runs]),
-                "best": summarize([run["best"] for run in runs]),
-            },
-        }
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs, pretrained=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -615,7 +547,7 @@ def _caption_agreement(distilled: datasets.Dataset, judged: dict[str, list[str]]
 
 
 def _student_config(config: DemoConfig, epochs: int) -> Any:
-    from .evaluation.trainer import protocol_config
+    from .evaluation.protocol import protocol_config
 
     # LoRS schedule (x0.1 after epochs // 2 + 1), no augmentation; batch, epochs and image size sized for the CPU
     return protocol_config(
@@ -809,7 +741,7 @@ def _mean_over_seeds(values: list[Any]) -> Any:
 def _pool_generation_seeds(evaluations: list[dict[str, Any]], generation_seeds: Sequence[int]) -> dict[str, Any]:
     """One row from the evaluations of the sets of several generation seeds: every run kept (tagged with its
     generation seed) and mean ± std over all of them (generation seeds x student seeds)."""
-    from .evaluation.trainer import summarize
+    from .evaluation.report import summarize
 
     runs = [run | {"generation_seed": g} for g, ev in zip(generation_seeds, evaluations) for run in ev["runs"]]
     pooled = dict(evaluations[0])
@@ -888,18 +820,7 @@ def results_markdown(rows: dict[str, dict[str, Any]]) -> str:
         >>> print(results_markdown({"EDGE": results}).splitlines()[0])  # doctest: +SKIP
         | set | pairs (images) | epoch | IR@1 | IR@5 | IR@10 | TR@1 | TR@5 | TR@10 | r_mean |
     """
-    header = "| set | pairs (images) | epoch | " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 3)]
-    for label, results in rows.items():
-        runs = results["runs"]
-        size = f"{results['train']['num_pairs']} ({results['train']['num_images']})"
-        last = f"last ({runs[0]['evaluations'][-1]['epoch']})"
-        best = "best (" + ", ".join(str(run["best_epoch"]) for run in runs) + ")"
-        for which, epoch in (("last", last), ("best", best)):
-            stats = results["summary"][which]
-            cells = " | ".join(mean_std_cell(stats[key]) for _, key in TABLE_COLUMNS)
-            lines.append(f"| {label} | {size} | {epoch} | {cells} |")
-    return "\n".join(lines)
+    return results_table(rows, with_epochs=True)
 
 
 def _scene_generation_table(diagnostics: dict[str, dict[str, Any]]) -> str:

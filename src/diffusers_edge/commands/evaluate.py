@@ -26,8 +26,8 @@ SHAPES = "shapes"
 def build_parser() -> argparse.ArgumentParser:
     """The flags of `diffusers-edge evaluate` (and of `examples/evaluate_distilled.py`)."""
     from ..coreset import DEFAULT_CLIP_MODEL, METHODS, SPACES
+    from ..evaluation.protocol import PROTOCOLS
     from ..evaluation.student import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, TEXT_POOLINGS
-    from ..evaluation.trainer import PROTOCOLS
 
     parser = argparse.ArgumentParser(
         prog="diffusers-edge evaluate",
@@ -195,7 +195,10 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
     """Runs the evaluation the flags describe; writes and returns the `results.json` content."""
     import torch
 
-    from ..evaluation.trainer import evaluate_dataset, protocol_config, results_table
+    from ..evaluation.evaluator import evaluate_dataset
+    from ..evaluation.protocol import protocol_config
+    from ..evaluation.report import results_table
+    from ..serialization import write_json_atomic
 
     check_model_flags(args)
     if args.num_threads is not None:
@@ -241,7 +244,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
     }
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(output_dir / "results.json", record, indent=2, sort_keys=False)
     (output_dir / "results.md").write_text(_markdown(record), encoding="utf-8")
     return record
 

@@ -1,4 +1,4 @@
-"""The retrieval student of the MTT-VL / LoRS / EDGE evaluation protocol (REFERENCE.md section 2).
+"""The retrieval student of the MTT-VL / LoRS / EDGE evaluation protocol (docs/method.md, "The evaluation protocol").
 
 A distilled set is judged by the retrieval model it trains. The protocol's student has
 
