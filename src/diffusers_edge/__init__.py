@@ -34,9 +34,10 @@ _LAZY_NAMES: dict[str, str] = {
     "image_text_recall_path": "diffusers_edge.metrics",
     "bidirectional_contrastive_loss": "diffusers_edge.losses",
     "diversity_loss": "diffusers_edge.losses",
-    "EDGEObjective": "diffusers_edge.training",
-    "EDGELossConfig": "diffusers_edge.training",
-    "load_difffit_weights": "diffusers_edge.training",
+    "EDGEObjective": "diffusers_edge.training.objective",
+    "EDGELossConfig": "diffusers_edge.training.objective",
+    "TrainingConfig": "diffusers_edge.training.config",
+    "load_difffit_weights": "diffusers_edge.training.adapters",
     "EDGEPipeline": "diffusers_edge.pipeline_edge",
     "DistillProgress": "diffusers_edge.pipeline_edge",
     "item_seed": "diffusers_edge.pipeline_edge",
@@ -135,4 +136,6 @@ if TYPE_CHECKING:
     from .pipeline_edge import DistillProgress, EDGEPipeline, item_seed
     from .selection import embed_captions, kcenter_greedy, kmeans_nearest, select_captions
     from .tokenization import build_bert_tokenizer, build_clip_tokenizer
-    from .training import EDGELossConfig, EDGEObjective, load_difffit_weights
+    from .training.adapters import load_difffit_weights
+    from .training.config import TrainingConfig
+    from .training.objective import EDGELossConfig, EDGEObjective
