@@ -461,9 +461,11 @@ def test_accumulation_steps_line_up_with_epochs(tiny_sd, tiny_clip, tmp_path):
 def test_train_with_rollout_inputs_saves_a_lora_and_says_so_in_the_card(tiny_sd, tiny_clip, tmp_path):
     flags = ["--max_train_steps", "1", "--clip_loss_inputs", "rollout", "--rollout_steps", "2"]
     flags += ["--clip_batch_size", "3"]
-    result = train(_args(tiny_sd, tiny_clip, tmp_path / "rollout", *flags), _dataset())
+    config = _args(tiny_sd, tiny_clip, tmp_path / "rollout", *flags)
+    result = train(config, _dataset())
     assert result.weights_path.is_file() and result.last_logs["clip_pairs"] > 0
     card = (tmp_path / "rollout" / "README.md").read_text()
+    assert "caption column 'captions'" in card and config.caption_column is None  # resolved for the run only
     assert "rollouts: 2 DDIM steps from noise, guidance 3.0" in card
     assert "own 2-step DDIM samples from pure noise" in card and "one-step x0" not in card
     assert "| CLIP losses' samples per batch at most | 3 |" in card
@@ -580,7 +582,7 @@ def test_to_argv_round_trips_through_parse_args(monkeypatch):
     changed = dataclasses.replace(
         default, dataset_name="x", center_crop=True, use_dora=True, learning_rate=5e-4, lora_alpha=8.0,
         clip_batch_size=3, max_grad_norm=float("inf"), lora_layers="attn2.to_k,attn2.to_v", noise_offset=0.05,
-        clip_loss_inputs="rollout", validation_prompt="a red circle, left", mixed_precision="bf16",
+        clip_loss_inputs="rollout", validation_prompt="- a red circle, left", mixed_precision="bf16", local_rank=2,
     )  # fmt: skip
     argv = changed.to_argv()
     assert "--center_crop" in argv and "--contrastive_weight" not in argv

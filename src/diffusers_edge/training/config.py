@@ -243,7 +243,8 @@ class TrainingConfig:
             elif value is None:
                 raise ValueError(f"TrainingConfig.{config_field.name}=None has no flag (its default is not None).")
             else:
-                argv += [flag, str(value)]
+                text = str(value)  # `--flag=-x`: a value that starts with "-" must not read as a flag
+                argv += [f"{flag}={text}"] if text.startswith("-") else [flag, text]
         return argv
 
 
