@@ -26,6 +26,7 @@ import PIL.Image
 import torch
 from accelerate.logging import get_logger
 
+from ..clip_features import DEFAULT_CLIP_MODEL
 from ..paths import check_model_reference
 from ..process_logging import set_library_verbosity
 from .adapters import DIFFFIT_WEIGHT_NAME, LORA_WEIGHT_NAME, add_trainable_parameters, save_difffit, save_lora
@@ -66,7 +67,7 @@ def check_model_flags(config: TrainingConfig) -> None:
         raise ValueError(
             f"--clip_model_name_or_path {config.clip_model_name_or_path!r} is a {clip_config.model_type!r} model "
             f"({', '.join(clip_config.architectures or [])}), not a dual image-text encoder; EDGE's contrastive and "
-            "diversity losses need one such as CLIPModel (e.g. openai/clip-vit-base-patch32)."
+            f"diversity losses need one such as CLIPModel (e.g. {DEFAULT_CLIP_MODEL})."
         )
 
 
