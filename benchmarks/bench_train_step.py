@@ -164,7 +164,7 @@ def measure(
     repeats: int,
     device: torch.device,
     checkpointing: bool,
-    clip_inputs: str = "one_step",
+    clip_loss_inputs: str = "one_step",
 ) -> dict:
     """Medians (seconds) of both steps and of the extra forward passes, plus memory, for one batch size."""
     unet, vae, clip, dtype, optimizer = parts["unet"], parts["vae"], parts["clip"], parts["dtype"], parts["optimizer"]
@@ -187,7 +187,7 @@ def measure(
         unet, vae, parts["text_encoder"], clip, image_processor, _scheduler(), config, uncond
     )
     plain = make(EDGELossConfig(contrastive_weight=0.0, diversity_weight=0.0))
-    edge = make(EDGELossConfig(loss_max_timestep=999, clip_inputs=clip_inputs))
+    edge = make(EDGELossConfig(loss_max_timestep=999, clip_loss_inputs=clip_loss_inputs))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     def step(objective: EDGEObjective, counter: list[int] | None = None) -> None:
@@ -236,7 +236,7 @@ def measure(
             step(objective, counter)
             result[key] = counter[0] / 2**20
     result.update(config=parts["name"], batch=batch_size, resolution=res, checkpointing=checkpointing,
-                  clip_inputs=clip_inputs)
+                  clip_loss_inputs=clip_loss_inputs)
     return result
 
 
@@ -253,7 +253,7 @@ def table(rows: list[dict[str, Any]], device: torch.device) -> str:
         rest = r["edge"] - r["plain"] - r["decode"] - r["clip_image"] - r["clip_text"]
         lines.append(
             f"| {r['config']} | {r['resolution']} | {r['batch']} | {'yes' if r['checkpointing'] else 'no'} "
-            f"| {r['clip_inputs']} "
+            f"| {r['clip_loss_inputs']} "
             f"| {1e3 * r['plain']:.0f} | {1e3 * r['edge']:.0f} | {r['edge'] / r['plain']:.2f} "
             f"| {1e3 * r['decode']:.0f} | {1e3 * r['clip_image']:.0f} | {1e3 * r['clip_text']:.0f} | {1e3 * rest:.0f} "
             f"| {r['plain_mem']:.0f} / {r['edge_mem']:.0f} |"

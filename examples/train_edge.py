@@ -2,7 +2,8 @@
 """Fine-tune Stable Diffusion with the EDGE objective (arXiv 2509.15472) and save a diffusers-format LoRA.
 
 The loop lives in `diffusers_edge.training` (the demo and `diffusers-edge train` reuse it); this file is its
-diffusers-style front. Every flag and its default is described in docs/training.md.
+diffusers-style front. The flags are the fields of `diffusers_edge.training.TrainingConfig`; every flag and its
+default is described in docs/training.md.
 
 Example:
     accelerate launch examples/train_edge.py \\
@@ -18,15 +19,14 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
+from diffusers_edge.training import TrainingConfig, train
 from diffusers_edge.training import parse_args as _parse_args
-from diffusers_edge.training import train
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The training flags (`argv=None` reads the command line)."""
+def parse_args(argv: Sequence[str] | None = None) -> TrainingConfig:
+    """The training flags as a `TrainingConfig` (`argv=None` reads the command line)."""
     return _parse_args(argv)
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from diffusers_edge.commands.demo import build_parser, config_from_args, main
-from diffusers_edge.demo import DemoConfig, StudentEvaluator, _finetune_argv, finite_numbers, results_markdown
+from diffusers_edge.demo import DemoConfig, StudentEvaluator, _finetune_config, finite_numbers, results_markdown
 
 RECALL_KEYS = ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "r_mean")
 
@@ -51,10 +51,14 @@ def test_config_flags_override_the_quick_preset_and_bad_values_raise():
     with pytest.raises(ValueError, match="clip_loss_inputs"):
         DemoConfig(clip_loss_inputs="two_step")
     assert config_from_args(build_parser().parse_args(["--clip_loss_inputs", "rollout"])).clip_loss_inputs == "rollout"
-    flags = ["--lora_layers", "attn2.to_k,attn2.to_v", "--clip_batch_size", "8"]
-    argv = " ".join(_finetune_argv(config_from_args(build_parser().parse_args(flags)), Path("out")))
-    assert "--lora_layers attn2.to_k,attn2.to_v" in argv and "--clip_batch_size 8" in argv
-    assert "--lora_layers" not in " ".join(_finetune_argv(DemoConfig(), Path("out")))
+    flags = ["--lora_layers", "attn2.to_k,attn2.to_v", "--clip_batch_size", "8", "--rollout_guidance_scale", "2"]
+    tuned = _finetune_config(config_from_args(build_parser().parse_args(flags)), Path("out"))
+    assert (tuned.lora_layers, tuned.clip_batch_size, tuned.rollout_guidance_scale) == ("attn2.to_k,attn2.to_v", 8, 2)
+    plain = _finetune_config(DemoConfig(), Path("out"))
+    assert plain.lora_layers == "to_k,to_q,to_v,to_out.0" and plain.clip_batch_size is None  # the training defaults
+    assert plain.rollout_guidance_scale == DemoConfig().guidance_scale == 3.0  # the numbers of earlier demo runs
+    assert (plain.resolution, plain.train_batch_size, plain.max_train_steps, plain.rank) == (32, 32, 100, 4)
+    assert (plain.seed, plain.output_dir, plain.report_to, plain.loss_max_timestep) == (0, "out", "none", 500)
     with pytest.raises(ValueError, match="clip_batch_size"):
         DemoConfig(clip_batch_size=0)
     with pytest.raises(ValueError, match="student_epochs"):
@@ -75,8 +79,9 @@ def test_config_flags_override_the_quick_preset_and_bad_values_raise():
     assert checkpoint.name == "model.safetensors" and checkpoint.is_file() and kwargs["channels"] == [16, 32, 64, 128]
     random_init = config_from_args(build_parser().parse_args(["--no_student_pretrained"]))
     assert random_init.student_encoder()[2] is None
-    ablation = " ".join(_finetune_argv(DemoConfig(), Path("out"), seed=7, weights={"contrastive_weight": 0.0}))
-    assert "--contrastive_weight 0.0 --diversity_weight 1.0" in ablation and "--seed 7" in ablation
+    ablation = _finetune_config(DemoConfig(), Path("out"), seed=7, weights={"contrastive_weight": 0.0})
+    assert (ablation.contrastive_weight, ablation.diversity_weight, ablation.seed) == (0.0, 1.0, 7)
+    assert "--contrastive_weight 0.0" in " ".join(ablation.to_argv())  # the command the demo records
     assert list(finite_numbers({"a": [1, {"b": 2.5}], "c": "x", "d": True})) == [1.0, 2.5]
 
 

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 import diffusers_edge.training as training
 from diffusers_edge.data.shapes import load_captioned_shapes
-from diffusers_edge.training import resolve_checkpoint, train
+from diffusers_edge.training import checkpoints, loop, resolve_checkpoint, train
 from test_training import _args  # the tiny training flags (16 px, batch 2, no tracker)
 
 
@@ -49,10 +49,10 @@ def test_a_kill_while_saving_a_checkpoint_resumes_from_the_previous_one(
         return save_lora(unet, directory)
 
     out = tmp_path / "killed"
-    monkeypatch.setattr(training, "save_lora", killed_while_saving_step_4)
+    monkeypatch.setattr(checkpoints, "save_lora", killed_while_saving_step_4)  # what the checkpoint hook calls
     with pytest.raises(Killed):
         train(_args(tiny_sd, tiny_clip, out, *flags), shapes)
-    monkeypatch.setattr(training, "save_lora", save_lora)
+    monkeypatch.setattr(checkpoints, "save_lora", save_lora)
     assert not (out / "checkpoint-4").exists() and (out / "checkpoint-4.partial").is_dir()
     (out / "checkpoint-6").mkdir()  # an empty folder, as a kill during an older-style save leaves
     (out / "checkpoint-best").mkdir()  # a user's folder outside the checkpoint-N naming
@@ -101,7 +101,7 @@ def test_bad_flags_are_named_before_models_load(tiny_sd, tiny_clip, tiny_bert_pa
     def no_loading(args):
         raise AssertionError("models were loaded before the flags were checked")
 
-    monkeypatch.setattr(training, "_load_models", no_loading)
+    monkeypatch.setattr(loop, "_load_models", no_loading)
     with pytest.raises(
         ValueError, match=r"--clip_model_name_or_path '.*' is a 'bert' model \(BertModel\), not a dual"
     ):

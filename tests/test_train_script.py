@@ -111,22 +111,21 @@ def _two_process_step_by_hand(flags, output_dir):
         EDGEObjective,
         EDGETrainItems,
         EpochBatchSampler,
-        _load_models,
         add_trainable_parameters,
         load_train_dataset,
-        loss_config,
         parse_args,
         save_lora,
     )
+    from diffusers_edge.training.loop import _load_models
 
     args = parse_args(flags)
     set_seed(args.seed)
-    dataset = load_train_dataset(args)
+    dataset, args.caption_column = load_train_dataset(args)
     models = _load_models(args)
     unet, processor = models["unet"], models["clip_processor"]
     params = add_trainable_parameters(unet, args)
     objective = EDGEObjective(unet, models["vae"], models["text_encoder"], models["clip_model"],
-                              processor.image_processor, models["noise_scheduler"], loss_config(args))  # fmt: skip
+                              processor.image_processor, models["noise_scheduler"], args.loss_config())  # fmt: skip
     items, collate = EDGETrainItems(dataset, args), EDGECollator(models["tokenizer"], processor.tokenizer)
     gradients = []
     for process in (0, 1):

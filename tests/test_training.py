@@ -1,6 +1,7 @@
 """The EDGE objective on one batch, the data pipeline, save/load of the tuned weights, and resuming (in-process)."""
 
 import argparse
+import dataclasses
 import math
 
 import datasets
@@ -24,7 +25,9 @@ from diffusers_edge.training import (
     EDGEObjective,
     EDGETrainItems,
     EpochBatchSampler,
+    TrainingConfig,
     add_trainable_parameters,
+    build_parser,
     check_clip_model,
     clip_pixel_values,
     difffit_parameters,
@@ -155,7 +158,7 @@ def test_rollout_samples_what_the_pipeline_samples(components, guidance_scale):
 def test_rollout_losses_ignore_timesteps_and_train_the_lora_through_the_sampler(components):
     pipe, _, processor = components
     captions = ["a red circle", "a blue square", "a white cross"]
-    config = EDGELossConfig(denoise_weight=0.0, loss_max_timestep=0, clip_inputs="rollout", rollout_steps=2)
+    config = EDGELossConfig(denoise_weight=0.0, loss_max_timestep=0, clip_loss_inputs="rollout", rollout_steps=2)
     with pytest.raises(ValueError, match="uncond_hidden_states"):
         _objective(components, config)
     objective, params = _objective(components, config, uncond=_text_states(pipe, [""]))
@@ -328,8 +331,9 @@ def test_batch_sampler_splits_processes_and_skips():
 
 def test_load_train_dataset_checks_columns_and_captions(tiny_sd, tiny_clip, tmp_path):
     args = _args(tiny_sd, tiny_clip, tmp_path)
-    ds = load_train_dataset(args, _dataset())
-    assert args.caption_column == "captions" and len(ds) == 4
+    ds, caption_column = load_train_dataset(args, _dataset())
+    assert caption_column == "captions" and len(ds) == 4
+    assert args.caption_column is None  # what it resolved is returned; the config is left as it was
     with pytest.raises(ValueError, match="--image_column 'picture'"):
         load_train_dataset(_args(tiny_sd, tiny_clip, tmp_path, "--image_column", "picture"), _dataset())
     with pytest.raises(ValueError, match="--caption_column 'text'"):
@@ -344,7 +348,8 @@ def test_load_train_dataset_checks_columns_and_captions(tiny_sd, tiny_clip, tmp_
 
 def test_max_train_samples_and_center_crop(tiny_sd, tiny_clip, tmp_path):
     args = _args(tiny_sd, tiny_clip, tmp_path, "--max_train_samples", "2", "--center_crop")
-    assert load_train_dataset(args, _dataset())["image_id"] == ["0", "1"]
+    dataset, args.caption_column = load_train_dataset(args, _dataset())
+    assert dataset["image_id"] == ["0", "1"]
     wide = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 32, 3), dtype=np.uint8))
     rows = {"image": [wide], "captions": [["a red circle"]], "image_id": ["0"]}
     one = datasets.Dataset.from_dict(rows, features=NORMALIZED_FEATURES)
@@ -456,9 +461,11 @@ def test_accumulation_steps_line_up_with_epochs(tiny_sd, tiny_clip, tmp_path):
 def test_train_with_rollout_inputs_saves_a_lora_and_says_so_in_the_card(tiny_sd, tiny_clip, tmp_path):
     flags = ["--max_train_steps", "1", "--clip_loss_inputs", "rollout", "--rollout_steps", "2"]
     flags += ["--clip_batch_size", "3"]
-    result = train(_args(tiny_sd, tiny_clip, tmp_path / "rollout", *flags), _dataset())
+    config = _args(tiny_sd, tiny_clip, tmp_path / "rollout", *flags)
+    result = train(config, _dataset())
     assert result.weights_path.is_file() and result.last_logs["clip_pairs"] > 0
     card = (tmp_path / "rollout" / "README.md").read_text()
+    assert "caption column 'captions'" in card and config.caption_column is None  # resolved for the run only
     assert "rollouts: 2 DDIM steps from noise, guidance 3.0" in card
     assert "own 2-step DDIM samples from pure noise" in card and "one-step x0" not in card
     assert "| CLIP losses' samples per batch at most | 3 |" in card
@@ -540,6 +547,48 @@ def test_diffusers_training_flags_parse_with_diffusers_defaults(monkeypatch):
     assert (args.image_interpolation_mode, args.hub_token, args.local_rank) == ("bicubic", "hf_x", 0)
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert parse_args(copied).local_rank == 3  # the launcher's LOCAL_RANK wins, as in diffusers
+
+
+def test_every_flag_is_a_config_field_with_the_parsers_default():
+    parser = build_parser()
+    flags = {action.dest: action for action in parser._actions if action.dest != "help"}
+    fields = {f.name: f for f in dataclasses.fields(TrainingConfig)}
+    assert list(flags) == list(fields)  # same names, same order
+    for name, field in fields.items():
+        if field.default is dataclasses.MISSING:
+            assert flags[name].required and name == "pretrained_model_name_or_path"
+        else:
+            assert parser.get_default(name) == field.default, name
+            assert type(parser.get_default(name)) is type(field.default), name
+    assert [group.title for group in parser._action_groups[2:]] == [
+        "models", "data", "optimisation", "what is tuned", "EDGE objective", "checkpoints, logging, validation, Hub"
+    ]  # fmt: skip
+
+
+def test_objective_defaults_are_written_once_in_edge_loss_config():
+    fields = {f.name: f.default for f in dataclasses.fields(TrainingConfig)}
+    for field in dataclasses.fields(EDGELossConfig):
+        assert fields[field.name] == field.default, field.name
+    assert TrainingConfig(pretrained_model_name_or_path="sd").loss_config() == EDGELossConfig()
+    config = TrainingConfig(pretrained_model_name_or_path="sd", clip_loss_inputs="rollout", snr_gamma=5.0)
+    assert config.loss_config() == EDGELossConfig(clip_loss_inputs="rollout", snr_gamma=5.0)
+
+
+def test_to_argv_round_trips_through_parse_args(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    default = TrainingConfig(pretrained_model_name_or_path="sd")
+    assert default.to_argv() == ["--pretrained_model_name_or_path", "sd"]
+    assert parse_args(default.to_argv()) == default
+    changed = dataclasses.replace(
+        default, dataset_name="x", center_crop=True, use_dora=True, learning_rate=5e-4, lora_alpha=8.0,
+        clip_batch_size=3, max_grad_norm=float("inf"), lora_layers="attn2.to_k,attn2.to_v", noise_offset=0.05,
+        clip_loss_inputs="rollout", validation_prompt="- a red circle, left", mixed_precision="bf16", local_rank=2,
+    )  # fmt: skip
+    argv = changed.to_argv()
+    assert "--center_crop" in argv and "--contrastive_weight" not in argv
+    assert parse_args(argv) == changed
+    with pytest.raises(ValueError, match="clip_model_name_or_path=None has no flag"):
+        dataclasses.replace(default, clip_model_name_or_path=None).to_argv()
 
 
 @pytest.mark.parametrize(

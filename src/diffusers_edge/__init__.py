@@ -34,9 +34,10 @@ _LAZY_NAMES: dict[str, str] = {
     "image_text_recall_path": "diffusers_edge.metrics",
     "bidirectional_contrastive_loss": "diffusers_edge.losses",
     "diversity_loss": "diffusers_edge.losses",
-    "EDGEObjective": "diffusers_edge.training",
-    "EDGELossConfig": "diffusers_edge.training",
-    "load_difffit_weights": "diffusers_edge.training",
+    "EDGEObjective": "diffusers_edge.training.objective",
+    "EDGELossConfig": "diffusers_edge.training.objective",
+    "TrainingConfig": "diffusers_edge.training.config",
+    "load_difffit_weights": "diffusers_edge.training.adapters",
     "EDGEPipeline": "diffusers_edge.pipeline_edge",
     "DistillProgress": "diffusers_edge.pipeline_edge",
     "item_seed": "diffusers_edge.pipeline_edge",
@@ -127,4 +128,6 @@ if TYPE_CHECKING:
     from .shapes.objects import ShapeObject, caption_shapes, parse_caption, render_shapes
     from .shapes.stack import STACK_COMPONENTS, shapes_stack_path
     from .shapes.tokenization import build_bert_tokenizer, build_clip_tokenizer
-    from .training import EDGELossConfig, EDGEObjective, load_difffit_weights
+    from .training.adapters import load_difffit_weights
+    from .training.config import TrainingConfig
+    from .training.objective import EDGELossConfig, EDGEObjective

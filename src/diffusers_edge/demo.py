@@ -91,8 +91,11 @@ class DemoConfig:
         contrastive_weight, diversity_weight, denoise_weight: the EDGE objective's weights.
         loss_max_timestep: only timesteps <= this enter L_C / L_D (see docs/training.md).
         clip_loss_inputs: what L_C / L_D see: `"one_step"` (x0 of noisy train latents, the paper) or `"rollout"`
-            (the generator's own 4-step DDIM samples at `guidance_scale`; docs/demo.md measures both).
+            (the generator's own 4-step DDIM samples at `rollout_guidance_scale`; docs/demo.md measures both).
         clip_batch_size: at most this many samples per batch enter L_C / L_D (`None`: all eligible).
+        rollout_guidance_scale: classifier-free guidance of the fine-tune's rollouts (`clip_loss_inputs="rollout"`;
+            the fine-tune's `--rollout_guidance_scale`). Its default is `guidance_scale`'s, the guidance the
+            distilled sets are generated with; set both to keep them equal.
         inference_steps: DDIM steps per generated image.
         guidance_scale: classifier-free guidance of every generator.
         captions_per_image: captions per EDGE image (the prompt + synthesized ones; EDGE's best: 2).
@@ -131,6 +134,7 @@ class DemoConfig:
     loss_max_timestep: int = 500
     clip_loss_inputs: str = "one_step"
     clip_batch_size: int | None = None
+    rollout_guidance_scale: float = 3.0
     inference_steps: int = 10
     guidance_scale: float = 3.0
     captions_per_image: int = 2
@@ -305,35 +309,37 @@ def _load_data(config: DemoConfig, cache: Path) -> datasets.DatasetDict:
     )
 
 
-def _finetune_argv(
+def _finetune_config(
     config: DemoConfig, output_dir: Path, seed: int | None = None, weights: dict[str, float] | None = None
-) -> list[str]:
-    """The `diffusers-edge train` flags of the demo's fine-tune (`seed`: the first generation seed unless given;
-    `weights`: loss weights that replace the config's, e.g. `{"contrastive_weight": 0.0}` for an ablation)."""
+) -> TrainingConfig:  # noqa: F821 - imported lazily below
+    """The `TrainingConfig` of the demo's fine-tune (`seed`: the first generation seed unless given; `weights`: loss
+    weights that replace the config's, e.g. `{"contrastive_weight": 0.0}` for an ablation)."""
+    from .training import TrainingConfig
+
     weights = {
         "contrastive_weight": config.contrastive_weight,
         "diversity_weight": config.diversity_weight,
         "denoise_weight": config.denoise_weight,
     } | (weights or {})
-    return [
-        "--pretrained_model_name_or_path", config.stable_diffusion(),
-        "--clip_model_name_or_path", str(config.stack("clip")),
-        "--output_dir", str(output_dir),
-        "--resolution", "32",
-        "--train_batch_size", str(config.train_batch_size),
-        "--max_train_steps", str(config.train_steps),
-        "--learning_rate", str(config.learning_rate),
-        "--rank", str(config.lora_rank),
-        *[item for name, value in weights.items() for item in (f"--{name}", str(value))],
-        "--loss_max_timestep", str(config.loss_max_timestep),
-        "--clip_loss_inputs", config.clip_loss_inputs,
-        *(["--lora_layers", config.lora_layers] if config.lora_layers else []),
-        *(["--clip_batch_size", str(config.clip_batch_size)] if config.clip_batch_size else []),
-        "--rollout_guidance_scale", str(config.guidance_scale),
-        "--seed", str(config.generation_seeds[0] if seed is None else seed),
-        "--checkpointing_steps", str(10**9),
-        "--report_to", "none",
-    ]  # fmt: skip
+    optional = {"lora_layers": config.lora_layers, "clip_batch_size": config.clip_batch_size}
+    return TrainingConfig(
+        pretrained_model_name_or_path=config.stable_diffusion(),
+        clip_model_name_or_path=str(config.stack("clip")),
+        output_dir=str(output_dir),
+        resolution=32,
+        train_batch_size=config.train_batch_size,
+        max_train_steps=config.train_steps,
+        learning_rate=config.learning_rate,
+        rank=config.lora_rank,
+        **weights,
+        loss_max_timestep=config.loss_max_timestep,
+        clip_loss_inputs=config.clip_loss_inputs,
+        **{name: value for name, value in optional.items() if value},  # unset: the training default
+        rollout_guidance_scale=config.rollout_guidance_scale,
+        seed=config.generation_seeds[0] if seed is None else seed,
+        checkpointing_steps=10**9,
+        report_to="none",
+    )
 
 
 def _finetune(
@@ -343,13 +349,13 @@ def _finetune(
     seed: int | None = None,
     weights: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    from .training import parse_args, train
+    from .training import check_args, train
 
-    argv = _finetune_argv(config, output_dir, seed, weights)
-    args = parse_args(argv)
-    result = train(args, dataset=train_split)
+    training_config = _finetune_config(config, output_dir, seed, weights)
+    check_args(training_config)
+    result = train(training_config, dataset=train_split)
     return {
-        "command": ["diffusers-edge", "train", *argv],
+        "command": ["diffusers-edge", "train", *training_config.to_argv()],
         "weights": str(result.weights_path),
         "steps": result.global_step,
         "last_logs": result.last_logs,

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip_loss_inputs", choices=["one_step", "rollout"],
                         help="what L_C/L_D see: one-step x0 of noisy train latents (default) or 4-step samples")
     parser.add_argument("--clip_batch_size", type=int, help="samples per batch in L_C/L_D at most (default: all)")
+    parser.add_argument("--rollout_guidance_scale", type=float,
+                        help="classifier-free guidance of the rollouts L_C/L_D see with --clip_loss_inputs rollout "
+                        "(default 3, the default --guidance_scale)")
     parser.add_argument("--inference_steps", type=int, help="DDIM steps per generated image (default 10)")
     parser.add_argument("--guidance_scale", type=float, help="classifier-free guidance (default 3)")
     parser.add_argument("--captions_per_image", type=int, help="captions per EDGE image (default 2)")

@@ -1,4 +1,5 @@
-"""`diffusers-edge train`: EDGE fine-tuning of Stable Diffusion (the flags of `examples/train_edge.py`).
+"""`diffusers-edge train`: EDGE fine-tuning of Stable Diffusion (the flags of `examples/train_edge.py`, one per
+`diffusers_edge.training.TrainingConfig` field).
 
 Runs in this process; for several GPUs launch the module through accelerate instead:
 `accelerate launch --multi_gpu --num_processes 4 -m diffusers_edge.commands.train --pretrained_model_name_or_path ...`.
@@ -16,7 +17,8 @@ from ..training import parse_args, train
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parses `argv` (default: the command line), trains, prints where the weights went; returns 0."""
+    """Parses `argv` (default: the command line) into a `TrainingConfig`, trains, prints where the weights went;
+    returns 0."""
     result = train(parse_args(sys.argv[1:] if argv is None else argv, prog="diffusers-edge train"))
     print(f"EDGE weights written to {result.weights_path} after {result.global_step} steps")
     return 0

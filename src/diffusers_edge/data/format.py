@@ -14,6 +14,7 @@ Other columns may ride along (a distilled set adds `prompt`, `seed`, `source_ima
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import datasets
 
@@ -44,6 +45,22 @@ def check_captions(captions: Iterable[str] | None, record: str) -> list[str]:
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError(f"{record} has an empty caption at position {i}: {caption!r}.")
     return captions
+
+
+def caption_list(value: Any, record: str) -> list[str]:
+    """A caption cell (one string or a list of strings) as a checked list, raising `ValueError` naming `record`.
+
+    `None` (a missing cell) counts as no captions; any other type than a string, list or tuple is refused.
+
+    Example:
+        >>> caption_list("a red circle", record="row 0")
+        ['a red circle']
+    """
+    if isinstance(value, str):
+        value = [value]
+    elif value is not None and not isinstance(value, (list, tuple)):
+        raise ValueError(f"{record}: captions must be a string or a list of strings, got {type(value).__name__}.")
+    return check_captions(value, record=record)
 
 
 def validate_normalized(dataset: datasets.Dataset, name: str = "dataset") -> datasets.Dataset:

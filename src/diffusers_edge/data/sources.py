@@ -34,6 +34,7 @@ from .format import (
     IMAGE_COLUMN,
     IMAGE_ID_COLUMN,
     NORMALIZED_FEATURES,
+    caption_list,
     check_captions,
     validate_normalized,
 )
@@ -77,17 +78,8 @@ def pre_caption(caption: str, max_words: int = BLIP_MAX_WORDS) -> str:
     return caption
 
 
-def _caption_list(value: Any, record: str) -> list[str]:
-    """A caption cell (one string or a list of strings) as a checked list."""
-    if isinstance(value, str):
-        value = [value]
-    elif value is not None and not isinstance(value, (list, tuple)):
-        raise ValueError(f"{record}: captions must be a string or a list of strings, got {type(value).__name__}.")
-    return check_captions(value, record=record)
-
-
 def _prepared_captions(value: Any, record: str, preprocess: bool, max_words: int) -> list[str]:
-    captions = _caption_list(value, record)
+    captions = caption_list(value, record)
     if preprocess:
         captions = check_captions(
             [pre_caption(c, max_words) for c in captions], record=f"{record} (after BLIP pre_caption)"

@@ -1,0 +1,104 @@
+"""EDGE fine-tuning of Stable Diffusion: the settings, the objective on one batch and the `accelerate` training loop.
+
+One concept per module:
+
+- `config`: `TrainingConfig` (every setting, each a flag), `build_parser` generated from it, `parse_args`,
+  `check_args`;
+- `objective`: `EDGELossConfig` and `EDGEObjective`, the EDGE loss on one batch (one-step x0 or rollouts, CLIP);
+- `data`: the training split (`load_train_dataset`), seeded items, per-process batches and collation;
+- `adapters`: what is tuned (LoRA or DiffFit) and how those weights are saved and loaded;
+- `checkpoints`: resumable `checkpoint-N` folders;
+- `model_card`: the model card and the Hub upload;
+- `loop`: `train(config, dataset=None)`, the loop itself.
+
+Example:
+    >>> config = parse_args(["--pretrained_model_name_or_path", "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    ...                      "--train_data_dir", "my-images", "--output_dir", "edge-lora"])
+    >>> config.finetune, config.contrastive_weight, config.loss_max_timestep
+    ('lora', 1.0, 500)
+    >>> result = train(config)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .adapters import (
+    DIFFFIT_WEIGHT_NAME,
+    LORA_TARGET_MODULES,
+    LORA_WEIGHT_NAME,
+    add_trainable_parameters,
+    check_finite,
+    difffit_parameters,
+    load_difffit_weights,
+    load_lora_into_unet,
+    save_difffit,
+    save_lora,
+)
+from .checkpoints import (
+    CHECKPOINT_PATTERN,
+    PARTIAL_SUFFIX,
+    checkpoint_problem,
+    checkpoint_step,
+    list_checkpoints,
+    resolve_checkpoint,
+)
+from .config import TrainingConfig, build_parser, check_args, parse_args, report_to_trackers
+from .data import CAPTION_COLUMN_CANDIDATES, EDGECollator, EDGETrainItems, EpochBatchSampler, load_train_dataset
+from .loop import AccumulatedLoss, TrainingResult, check_model_flags, check_training_finite, train
+from .model_card import hub_base_model, push_training_output, save_model_card
+from .objective import (
+    CLIP_LOSS_INPUTS,
+    EDGELossConfig,
+    EDGELossOutput,
+    EDGEObjective,
+    check_clip_model,
+    clip_pixel_values,
+    empty_caption_states,
+    predict_x0,
+    rollout_latents,
+)
+
+__all__ = [
+    "CAPTION_COLUMN_CANDIDATES",
+    "CHECKPOINT_PATTERN",
+    "CLIP_LOSS_INPUTS",
+    "DIFFFIT_WEIGHT_NAME",
+    "LORA_TARGET_MODULES",
+    "LORA_WEIGHT_NAME",
+    "PARTIAL_SUFFIX",
+    "AccumulatedLoss",
+    "EDGECollator",
+    "EDGELossConfig",
+    "EDGELossOutput",
+    "EDGEObjective",
+    "EDGETrainItems",
+    "EpochBatchSampler",
+    "TrainingConfig",
+    "TrainingResult",
+    "add_trainable_parameters",
+    "build_parser",
+    "check_args",
+    "check_clip_model",
+    "check_finite",
+    "check_model_flags",
+    "check_training_finite",
+    "checkpoint_problem",
+    "checkpoint_step",
+    "clip_pixel_values",
+    "difffit_parameters",
+    "empty_caption_states",
+    "hub_base_model",
+    "list_checkpoints",
+    "load_difffit_weights",
+    "load_lora_into_unet",
+    "load_train_dataset",
+    "parse_args",
+    "predict_x0",
+    "push_training_output",
+    "report_to_trackers",
+    "resolve_checkpoint",
+    "rollout_latents",
+    "save_difffit",
+    "save_lora",
+    "save_model_card",
+    "train",
+]
