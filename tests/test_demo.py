@@ -11,7 +11,11 @@ import pytest
 from PIL import Image
 
 from diffusers_edge.commands.demo import build_parser, config_from_args, main
-from diffusers_edge.demo import DemoConfig, StudentEvaluator, _finetune_config, finite_numbers, results_markdown
+from diffusers_edge.evaluation.report import results_table
+from diffusers_edge.shapes.demo.config import DemoConfig
+from diffusers_edge.shapes.demo.report import finite_numbers
+from diffusers_edge.shapes.demo.run import StudentEvaluator, _finetune_config
+from diffusers_edge.training import EDGELossConfig, TrainingConfig
 
 RECALL_KEYS = ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "r_mean")
 
@@ -20,7 +24,7 @@ def _run(seed: int, recalls: dict[str, float], best_epoch: int = 4) -> dict:
     return {"seed": seed, "evaluations": [{"epoch": 2, **recalls}, {"epoch": 4, **recalls}], "best_epoch": best_epoch}
 
 
-def test_results_markdown_shows_mean_std_and_epochs():
+def test_results_table_with_epochs_shows_mean_std_and_epochs():
     recalls = dict.fromkeys(RECALL_KEYS, 10.0)
     results = {
         "train": {"num_pairs": 100, "num_images": 50},
@@ -30,7 +34,7 @@ def test_results_markdown_shows_mean_std_and_epochs():
             "best": {k: {"mean": 13.25, "std": 0.0} for k in RECALL_KEYS},
         },
     }
-    lines = results_markdown({"EDGE": results}).splitlines()
+    lines = results_table({"EDGE": results}, with_epochs=True).splitlines()
     assert lines[0].startswith("| set | pairs (images) | epoch | IR@1 |")
     assert lines[2] == "| EDGE | 100 (50) | last (4) | " + " | ".join(["12.0 ± 1.5"] * 7) + " |"
     assert lines[3].startswith("| EDGE | 100 (50) | best (2, 4) | 13.2 ± 0.0 |")
@@ -39,7 +43,7 @@ def test_results_markdown_shows_mean_std_and_epochs():
 def test_config_flags_override_the_quick_preset_and_bad_values_raise():
     args = build_parser().parse_args(["--quick", "--budgets", "10", "12", "--seeds", "3", "--output_dir", "x"])
     config = config_from_args(args)
-    assert config.quick and config.budgets == [10, 12] and config.seeds == [3] and config.train_steps == 4
+    assert config.quick and config.budgets == [10, 12] and config.seeds == [3] and config.max_train_steps == 4
     assert config_from_args(build_parser().parse_args([])).budgets == [100, 200]
     assert config_from_args(build_parser().parse_args([])).stable_diffusion().endswith("stable-diffusion")
     other = config_from_args(build_parser().parse_args(["--pretrained_model_name_or_path", "my/sd"]))
@@ -83,6 +87,23 @@ def test_config_flags_override_the_quick_preset_and_bad_values_raise():
     assert (ablation.contrastive_weight, ablation.diversity_weight, ablation.seed) == (0.0, 1.0, 7)
     assert "--contrastive_weight 0.0" in " ".join(ablation.to_argv())  # the command the demo records
     assert list(finite_numbers({"a": [1, {"b": 2.5}], "c": "x", "d": True})) == [1.0, 2.5]
+
+
+def test_demo_settings_share_the_training_names_and_defaults():
+    demo, loss = DemoConfig(), EDGELossConfig()
+    shared = ("contrastive_weight", "diversity_weight", "denoise_weight", "loss_max_timestep", "clip_loss_inputs")
+    assert all(getattr(demo, name) == getattr(loss, name) for name in shared)
+    assert demo.rank == TrainingConfig.rank and demo.rollout_guidance_scale == TrainingConfig.rollout_guidance_scale
+    # the earlier flag names stay accepted and land on the training names
+    old = config_from_args(build_parser().parse_args("--train_steps 7 --lora_rank 2 --inference_steps 3".split()))
+    new = config_from_args(build_parser().parse_args("--max_train_steps 7 --rank 2 --num_inference_steps 3".split()))
+    assert old == new and (new.max_train_steps, new.rank, new.num_inference_steps) == (7, 2, 3)
+    assert (_finetune_config(new, Path("out")).max_train_steps, _finetune_config(new, Path("out")).rank) == (7, 2)
+    # the help quotes the defaults DemoConfig holds, not copies of them
+    helps = {action.dest: action.help for action in build_parser()._actions}
+    assert helps["max_train_steps"].endswith(f"(default {demo.max_train_steps})")
+    assert helps["loss_max_timestep"].endswith(f"(default {loss.loss_max_timestep})")
+    assert helps["budgets"].endswith("(default 100 200)")
 
 
 @pytest.fixture(scope="module")

@@ -67,8 +67,8 @@ _LAZY_NAMES: dict[str, str] = {
     "load_judge": "diffusers_edge.shapes.judge",
     "judge_images": "diffusers_edge.shapes.judge",
     "score_prompt_following": "diffusers_edge.shapes.judge",
-    "DemoConfig": "diffusers_edge.demo",
-    "run_demo": "diffusers_edge.demo",
+    "DemoConfig": "diffusers_edge.shapes.demo.config",
+    "run_demo": "diffusers_edge.shapes.demo.run",
     "build_clip_tokenizer": "diffusers_edge.shapes.tokenization",
     "build_bert_tokenizer": "diffusers_edge.shapes.tokenization",
 }
@@ -107,7 +107,6 @@ if TYPE_CHECKING:
         load_source,
         pre_caption,
     )
-    from .demo import DemoConfig, run_demo
     from .evaluation import (
         PROTOCOLS,
         ProtocolConfig,
@@ -124,6 +123,8 @@ if TYPE_CHECKING:
     from .pipeline_edge import DistillProgress, EDGEPipeline, item_seed
     from .selection import embed_captions, kcenter_greedy, kmeans_nearest, select_captions
     from .shapes.dataset import CaptionedShapes, CaptionedShapesConfig, caption_vocabulary, load_captioned_shapes
+    from .shapes.demo.config import DemoConfig
+    from .shapes.demo.run import run_demo
     from .shapes.judge import AttributeJudge, judge_images, load_judge, score_prompt_following
     from .shapes.objects import ShapeObject, caption_shapes, parse_caption, render_shapes
     from .shapes.stack import STACK_COMPONENTS, shapes_stack_path

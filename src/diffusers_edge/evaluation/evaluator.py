@@ -28,7 +28,7 @@ import torch
 from ..serialization import jsonable
 from .pairs import PairSet, prepare_pairs
 from .protocol import ProtocolConfig, protocol_config
-from .report import BEST_IS_OPTIMISTIC, summarize
+from .report import BEST_IS_OPTIMISTIC, summarize_runs
 from .student import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, FrozenTextEncoder, RetrievalStudent
 from .trainer import evaluate_student, train_student
 
@@ -164,15 +164,8 @@ class RetrievalEvaluator:
             "seeds": list(seeds),
             "train": runs[0]["train"],
             "runs": runs,
-            "summary": _summary(runs),
+            "summary": summarize_runs(runs),
         }
-
-
-def _summary(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    return {
-        "last": summarize([run["last"] for run in runs]),
-        "best": summarize([run["best"] for run in runs]),
-    }
 
 
 def evaluate_dataset(
@@ -257,7 +250,7 @@ def evaluate_dataset(
         "train": runs[0]["train"],
         "test": {"num_images": evaluator.test.num_images, "num_texts": evaluator.test.num_pairs},
         "runs": runs,
-        "summary": _summary(runs),
+        "summary": summarize_runs(runs),
         "note": BEST_IS_OPTIMISTIC + " std is the sample standard deviation over seeds (ddof=1).",
         "environment": {
             "device": evaluator.device,

@@ -45,6 +45,16 @@ def summarize(runs: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """`summarize` of the runs' last-epoch and best-epoch metrics: `{"last": ..., "best": ...}`.
+
+    Example:
+        >>> summarize_runs([{"last": {"r_mean": 10.0}, "best": {"r_mean": 12.0}}])["best"]
+        {'r_mean': {'mean': 12.0, 'std': 0.0}}
+    """
+    return {which: summarize([run[which] for run in runs]) for which in ("last", "best")}
+
+
 def mean_std_cell(stats: dict[str, float]) -> str:
     """Formats `{"mean": m, "std": s}` as a table cell, `"m ± s"` with one decimal."""
     return f"{stats['mean']:.1f} ± {stats['std']:.1f}"

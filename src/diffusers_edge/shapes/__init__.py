@@ -6,6 +6,7 @@
 - `diffusers_edge.shapes.judge`: the attribute judge that scores prompt following on generated images.
 - `diffusers_edge.shapes.tokenization`: CLIP and BERT tokenizers built offline from the caption vocabulary.
 - `diffusers_edge.shapes.stack`: where the shipped tiny stacks (`assets/`) are installed.
+- `diffusers_edge.shapes.demo`: the demo, EDGE end to end on this world (config, run, diagnostics, report).
 
 Nothing is imported here, so `import diffusers_edge.shapes.stack` stays cheap; import the submodules you need.
 

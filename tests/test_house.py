@@ -1,0 +1,53 @@
+"""The house rules the code keeps: it cites only docs/ pages and sections that exist, and no source file grows
+past the size where it starts holding several concepts."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = sorted(p for folder in ("src", "examples", "benchmarks") for p in (ROOT / folder).rglob("*.py"))
+CITATION = re.compile(r"docs/([\w-]+\.md)(?:, \"([^\"]+)\")?")
+MAX_LINES = 600
+
+
+def _headings(page: Path) -> set[str]:
+    return {line.lstrip("#").strip() for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("#")}
+
+
+def _citations() -> list[tuple[str, str, str | None]]:
+    found = []
+    for path in CODE:
+        text = re.sub(r"\s+", " ", path.read_text(encoding="utf-8"))  # a citation may wrap across lines
+        found += [(str(path.relative_to(ROOT)), page, section) for page, section in CITATION.findall(text)]
+    return found
+
+
+def test_code_cites_docs_pages_and_sections_that_exist():
+    citations = _citations()
+    assert any(section for _, _, section in citations), "the docstrings cite docs/method.md sections"
+    for source, page, section in citations:
+        assert (ROOT / "docs" / page).is_file(), f"{source} cites docs/{page}, which does not exist"
+        if section:
+            headings = _headings(ROOT / "docs" / page)
+            assert section in headings, f'{source} cites docs/{page}, "{section}", which is not one of its headings'
+
+
+def test_headings_are_read_from_the_page(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n\ntext # not a heading\n## The EDGE objective\n", encoding="utf-8")
+    assert _headings(page) == {"Title", "The EDGE objective"}
+
+
+@pytest.mark.parametrize("name", ["REFERENCE.md", "DESIGN.md"])
+def test_nothing_cites_the_team_notes_outside_the_repository(name):
+    shipped = CODE + sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md", ROOT / "CONTRIBUTING.md"]
+    citing = [str(p.relative_to(ROOT)) for p in shipped if name in p.read_text(encoding="utf-8")]
+    assert not citing, f"{name} is not part of the repository, yet {citing} cite it"
+
+
+def test_no_source_file_holds_more_than_one_concepts_worth_of_lines():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines()) for p in CODE}
+    too_long = {name: n for name, n in sizes.items() if n > MAX_LINES and name.startswith("src/")}
+    assert not too_long, f"split these by concept (at most {MAX_LINES} lines each): {too_long}"
