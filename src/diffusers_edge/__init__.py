@@ -58,8 +58,8 @@ _LAZY_NAMES: dict[str, str] = {
     "train_student": "diffusers_edge.evaluation",
     "evaluate_student": "diffusers_edge.evaluation",
     "results_table": "diffusers_edge.evaluation",
-    "select_coreset": "diffusers_edge.coreset",
-    "embed_pool": "diffusers_edge.coreset",
+    "select_coreset": "diffusers_edge.selection.coreset",
+    "embed_pool": "diffusers_edge.selection.coreset",
     "shapes_stack_path": "diffusers_edge.data.stack",
     "STACK_COMPONENTS": "diffusers_edge.data.stack",
     "AttributeJudge": "diffusers_edge.judge",
@@ -89,7 +89,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .captioning import Captioner
-    from .coreset import embed_pool, select_coreset
     from .data.distilled import (
         DISTILLED_FEATURES,
         DistilledBuilder,
@@ -134,5 +133,6 @@ if TYPE_CHECKING:
     from .metrics.retrieval import retrieval_recall, retrieval_recall_from_embeddings
     from .pipeline_edge import DistillProgress, EDGEPipeline, item_seed
     from .selection import embed_captions, kcenter_greedy, kmeans_nearest, select_captions
+    from .selection.coreset import embed_pool, select_coreset
     from .tokenization import build_bert_tokenizer, build_clip_tokenizer
     from .training import EDGELossConfig, EDGEObjective, load_difffit_weights

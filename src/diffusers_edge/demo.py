@@ -494,7 +494,7 @@ def _pool_embeddings(config: DemoConfig, train_split: datasets.Dataset, cache: P
     """The tiny CLIP's embeddings of every train image and caption, cached as safetensors."""
     from safetensors.torch import load_file, save_file
 
-    from .coreset import PoolEmbeddings, embed_pool
+    from .selection.coreset import PoolEmbeddings, embed_pool
 
     # the data is fixed per world (seed 0, 5000 images); the key is the world and the CLIP weights that embed it
     digest = _file_digest(config.stack("clip") / "model.safetensors")
@@ -694,8 +694,8 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
     from transformers import CLIPModel, CLIPProcessor
 
     from .captioning import Captioner
-    from .coreset import select_coreset
     from .judge import load_judge
+    from .selection.coreset import select_coreset
 
     config = config or DemoConfig()
     started = time.perf_counter()
