@@ -38,8 +38,8 @@ _LAZY_NAMES: dict[str, str] = {
     "EDGELossConfig": "diffusers_edge.training",
     "load_difffit_weights": "diffusers_edge.training",
     "EDGEPipeline": "diffusers_edge.pipeline_edge",
-    "DistillProgress": "diffusers_edge.pipeline_edge",
-    "item_seed": "diffusers_edge.pipeline_edge",
+    "DistillProgress": "diffusers_edge.distillation",
+    "item_seed": "diffusers_edge.distillation",
     "select_captions": "diffusers_edge.selection",
     "kcenter_greedy": "diffusers_edge.selection",
     "kmeans_nearest": "diffusers_edge.selection",
@@ -117,6 +117,7 @@ if TYPE_CHECKING:
     )
     from .data.stack import STACK_COMPONENTS, shapes_stack_path
     from .demo import DemoConfig, run_demo
+    from .distillation import DistillProgress, item_seed
     from .evaluation import (
         PROTOCOLS,
         ProtocolConfig,
@@ -131,7 +132,7 @@ if TYPE_CHECKING:
     from .losses import bidirectional_contrastive_loss, diversity_loss
     from .metrics import image_text_recall_path
     from .metrics.retrieval import retrieval_recall, retrieval_recall_from_embeddings
-    from .pipeline_edge import DistillProgress, EDGEPipeline, item_seed
+    from .pipeline_edge import EDGEPipeline
     from .selection import embed_captions, kcenter_greedy, kmeans_nearest, select_captions
     from .selection.coreset import embed_pool, select_coreset
     from .tokenization import build_bert_tokenizer, build_clip_tokenizer
