@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from diffusers_edge.captioning import Captioner
     from diffusers_edge.data.shapes import load_captioned_shapes
-    from diffusers_edge.pipeline_edge import EDGEPipeline, item_seed
+    from diffusers_edge.distillation import item_seed
+    from diffusers_edge.pipeline_edge import EDGEPipeline
     from diffusers_edge.testing import save_tiny_captioner, save_tiny_stable_diffusion
 
     args = parse_args(argv)

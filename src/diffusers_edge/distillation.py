@@ -1,26 +1,25 @@
 """The distill batch job: a run's settings, the plan, the shards, resumption and the split across processes.
 
-`EDGEPipeline.distill` (the public entry) resolves its captioner and hands the rest to `run_distill`, which
+`EDGEPipeline.distill` (the public entry) does the first step with this module's helpers and hands the rest to
+`run_distill`:
 
-1. checks every argument before anything is written, reads the source's captions and fixes the run's
-   `DistillSettings` (every argument that shapes the set; its `manifest()` is written to `edge_manifest.json` and
-   its SHA-256 is the run's identity, `run_id`);
-2. checks the output folder: an empty one, or one holding a set this function began with the same settings
-   (resumed: finished shards are kept) or, with `resume=False`, one whose files it wrote itself (cleared);
-3. on the main process, selects the prompts and writes the `DistillPlan` (`edge_plan.json`), which every process
+1. check every argument before anything is written (`check_arguments`), read the source's captions
+   (`caption_pool`) and fix the run's `DistillSettings` (every argument that shapes the set; its `manifest()` is
+   written to `edge_manifest.json` and its SHA-256 is the run's identity, `run_id`);
+2. check the output folder: an empty one, or one holding a set `distill` began with the same settings (resumed:
+   finished shards are kept) or, with `resume=False`, one whose files it wrote itself (cleared);
+3. on the main process, select the prompts and write the `DistillPlan` (`edge_plan.json`), which every process
    then reads;
-4. splits the unfinished shards across `accelerate` processes; each generates its shards batch by batch (item
-   `i` from a CPU generator seeded with `item_seed(seed, i)`), adds synthesized captions and writes each shard
+4. split the unfinished shards across `accelerate` processes; each generates its shards batch by batch (item `i`
+   from a CPU generator seeded with `item_seed(seed, i)`), adds synthesized captions and writes each shard
    atomically with its ownership record (`diffusers_edge.data.distilled_layout`);
-5. on the main process, checks that every shard was written and writes the dataset card.
+5. on the main process, check that every shard was written and write the dataset card.
 
 Example:
-    >>> from diffusers_edge.pipeline_edge import EDGEPipeline
-    >>> pipe = EDGEPipeline.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5")
-    >>> distilled = run_distill(pipe, ["a red circle", "a blue square"], num_pairs=2, captions_per_image=1,
-    ...                         output_dir="edge-2")                # what pipe.distill(...) does
-    >>> distilled.num_rows
-    2
+    >>> item_seed(0, 5) == item_seed(0, 5) != item_seed(1, 5)   # an item's image depends on (seed, index) only
+    True
+    >>> caption_pool(["a red circle", "a blue square"])
+    (['a red circle', 'a blue square'], [None, None])
 """
 
 from __future__ import annotations
@@ -202,10 +201,15 @@ def _caption_rows(source: datasets.Dataset | datasets.IterableDataset) -> Iterab
     ))
 
 
-def _caption_pool(
+def caption_pool(
     source: datasets.Dataset | datasets.IterableDataset | Sequence[str],
 ) -> tuple[list[str], list[str | None]]:
-    """Every caption of `source` (flattened, in order) and the `image_id` it belongs to (None for a caption list)."""
+    """Every caption of `source` (flattened, in order) and the `image_id` it belongs to (None for a caption list).
+
+    Example:
+        >>> caption_pool(["a red circle", "a blue square"])
+        (['a red circle', 'a blue square'], [None, None])
+    """
     if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
         captions, owners = [], []
         for row, (image_captions, image_id) in enumerate(_caption_rows(source)):
@@ -219,7 +223,13 @@ def _caption_pool(
     return captions, [None] * len(captions)
 
 
-def _fingerprint(captions: list[str], owners: list[str | None]) -> str:
+def source_fingerprint(captions: list[str], owners: list[str | None]) -> str:
+    """SHA-256 of the captions and their image ids, in order: the manifest's `source_fingerprint`.
+
+    Example:
+        >>> len(source_fingerprint(["a red circle"], [None]))
+        64
+    """
     digest = hashlib.sha256()
     for caption, owner in zip(captions, owners):
         digest.update(f"{owner}\x1f{caption}\x1e".encode())
@@ -228,6 +238,16 @@ def _fingerprint(captions: list[str], owners: list[str | None]) -> str:
 
 def _describe_callable(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+def describe_selection(selection: str | Callable[[list[str], int, int], Sequence[int]]) -> str:
+    """What the manifest records of a selection rule: its name, or `module.qualname` of a callable.
+
+    Example:
+        >>> describe_selection("kcenter"), describe_selection(sorted)
+        ('kcenter', 'builtins.sorted')
+    """
+    return selection if isinstance(selection, str) else _describe_callable(selection)
 
 
 def _check_manifest(output_dir: Path, old: dict[str, Any], manifest: dict[str, Any]) -> None:
@@ -273,10 +293,33 @@ def _clear_set(output_dir: Path) -> None:
     (output_dir / layout.MANIFEST_NAME).unlink()
 
 
-def _check_sampling_arguments(
-    num_inference_steps: int, guidance_scale: float, height: int | None, width: int | None
+def check_arguments(
+    num_pairs: int,
+    output_dir: str | os.PathLike | None,
+    batch_size: int,
+    shard_size: int,
+    seed: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    height: int | None,
+    width: int | None,
 ) -> None:
-    """Checked before anything is written: a bad value would otherwise fail after the manifest recorded it."""
+    """Raises `ValueError` naming the first of `distill`'s arguments that cannot work.
+
+    Checked before anything is written: a bad value would otherwise fail after the manifest recorded it.
+
+    Example:
+        >>> check_arguments(10, "out", batch_size=8, shard_size=64, seed=0, num_inference_steps=50,
+        ...                 guidance_scale=7.5, height=None, width=None)
+    """
+    if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
+        raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}.")
+    if output_dir is None:
+        raise ValueError("distill needs output_dir: the folder the distilled set is written to.")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be at least 1.")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}.")
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
@@ -312,28 +355,15 @@ def describe_captioner(caption_fn: CaptionFn | None) -> Any:
     return describe() if callable(describe) else {"name": _describe_callable(caption_fn)}
 
 
-def _component_name(pipe: EDGEPipeline, name: str) -> str | None:
-    component = getattr(pipe, name, None)
-    return str(getattr(getattr(component, "config", None), "_name_or_path", "") or "") or None
-
-
 def run_distill(
     pipe: EDGEPipeline,
-    source: datasets.Dataset | datasets.IterableDataset | Sequence[str],
-    num_pairs: int,
-    captions_per_image: int = 2,
-    selection: str | Callable[[list[str], int, int], Sequence[int]] = "random",
-    seed: int = 0,
-    output_dir: str | os.PathLike | None = None,
-    batch_size: int = 8,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 7.5,
-    height: int | None = None,
-    width: int | None = None,
-    negative_prompt: str | None = None,
-    caption_fn: CaptionFn | None = None,
+    settings: DistillSettings,
+    captions: list[str],
+    owners: list[str | None],
+    selection: str | Callable[[list[str], int, int], Sequence[int]],
+    caption_fn: CaptionFn | None,
+    output_dir: str | os.PathLike,
     resume: bool = True,
-    shard_size: int = DEFAULT_SHARD_SIZE,
     callback: Callable[[DistillProgress], None] | None = None,
     progress: bool = True,
     license: str = "other",
@@ -343,53 +373,24 @@ def run_distill(
     Args:
         pipe: the pipeline that generates the images (and holds `clip_model` / `clip_processor` for k-center /
             k-means selection).
-        caption_fn: the resolved captioner (None when `captions_per_image == 1`); see `EDGEPipeline.distill`.
-        source, num_pairs, captions_per_image, selection, seed, output_dir, batch_size, num_inference_steps,
-            guidance_scale, height, width, negative_prompt, resume, shard_size, callback, progress, license: as in
-            `EDGEPipeline.distill`.
+        settings: the run's settings (checked arguments, the source's fingerprint, the pipeline's description).
+        captions, owners: the source's captions and the image id of each (`caption_pool`).
+        selection: the selection rule (`settings.selection` records its name).
+        caption_fn: the resolved captioner (None when `captions_per_image == 1`).
+        output_dir, resume, callback, progress, license: as in `EDGEPipeline.distill`.
 
     Returns:
         The distilled set, read back from `output_dir` (on every process).
 
     Example:
-        >>> distilled = run_distill(pipe, ["a red circle", "a blue square"], num_pairs=2, captions_per_image=1,
-        ...                         output_dir="edge-2", num_inference_steps=2)
+        >>> distilled = pipe.distill(["a red circle", "a blue square"], 2, captions_per_image=1, output_dir="edge-2")
+        >>> distilled.num_rows                                  # EDGEPipeline.distill ends in run_distill
+        2
     """
-    if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
-        raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}.")
-    if output_dir is None:
-        raise ValueError("distill needs output_dir: the folder the distilled set is written to.")
-    if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be at least 1.")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}.")
-    _check_sampling_arguments(num_inference_steps, guidance_scale, height, width)
-    captions, owners = _caption_pool(source)
-    embeds = isinstance(selection, str) and selection in EMBEDDING_METHODS
-    settings = DistillSettings(
-        source_fingerprint=_fingerprint(captions, owners),
-        source_captions=len(captions),
-        num_pairs=num_pairs,
-        captions_per_image=captions_per_image,
-        selection=selection if isinstance(selection, str) else _describe_callable(selection),
-        seed=seed,
-        batch_size=batch_size,
-        shard_size=shard_size,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        height=height or pipe.unet.config.sample_size * pipe.vae_scale_factor,
-        width=width or pipe.unet.config.sample_size * pipe.vae_scale_factor,
-        negative_prompt=negative_prompt,
-        base_model=str(pipe.name_or_path),
-        lora=list(pipe._edge_lora_sources),
-        scheduler=type(pipe.scheduler).__name__,
-        captioner=describe_captioner(caption_fn),
-        clip_model=_component_name(pipe, "clip_model") if embeds else None,
-    )
     if settings.num_images > len(captions):
         raise ValueError(
-            f"num_pairs={num_pairs} with captions_per_image={captions_per_image} needs {settings.num_images} "
-            f"distinct prompts, but the source supplies only {len(captions)} captions."
+            f"num_pairs={settings.num_pairs} with captions_per_image={settings.captions_per_image} needs "
+            f"{settings.num_images} distinct prompts, but the source supplies only {len(captions)} captions."
         )
     output_dir = Path(output_dir)
     state = process_state()

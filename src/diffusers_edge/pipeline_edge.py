@@ -44,8 +44,21 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import PreTrainedModel, ProcessorMixin
 
-from .distillation import DEFAULT_SHARD_SIZE, CaptionFn, DistillProgress, item_seed, run_distill
+from .distillation import (
+    DEFAULT_SHARD_SIZE,
+    CaptionFn,
+    DistillProgress,
+    DistillSettings,
+    caption_pool,
+    check_arguments,
+    describe_captioner,
+    describe_selection,
+    item_seed,
+    run_distill,
+    source_fingerprint,
+)
 from .paths import check_model_reference
+from .selection import EMBEDDING_METHODS
 
 __all__ = ["EDGEPipeline", "CaptionFn", "DistillProgress", "item_seed"]
 
@@ -222,26 +235,33 @@ class EDGEPipeline(StableDiffusionPipeline):
             (50, 2)
         """
         caption_fn = self._resolve_captioner(captioner, captions_per_image)
-        return run_distill(
-            self,
-            source,
-            num_pairs,
+        check_arguments(
+            num_pairs, output_dir, batch_size, shard_size, seed, num_inference_steps, guidance_scale, height, width
+        )
+        captions, owners = caption_pool(source)
+        embeds = isinstance(selection, str) and selection in EMBEDDING_METHODS
+        settings = DistillSettings(
+            source_fingerprint=source_fingerprint(captions, owners),
+            source_captions=len(captions),
+            num_pairs=num_pairs,
             captions_per_image=captions_per_image,
-            selection=selection,
+            selection=describe_selection(selection),
             seed=seed,
-            output_dir=output_dir,
             batch_size=batch_size,
+            shard_size=shard_size,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            height=height,
-            width=width,
+            height=height or self.unet.config.sample_size * self.vae_scale_factor,
+            width=width or self.unet.config.sample_size * self.vae_scale_factor,
             negative_prompt=negative_prompt,
-            caption_fn=caption_fn,
-            resume=resume,
-            shard_size=shard_size,
-            callback=callback,
-            progress=progress,
-            license=license,
+            base_model=str(self.name_or_path),
+            lora=list(self._edge_lora_sources),
+            scheduler=type(self.scheduler).__name__,
+            captioner=describe_captioner(caption_fn),
+            clip_model=self._component_name("clip_model") if embeds else None,
+        )
+        return run_distill(
+            self, settings, captions, owners, selection, caption_fn, output_dir, resume, callback, progress, license
         )
 
     def _resolve_captioner(self, captioner: CaptionFn | None, captions_per_image: int) -> CaptionFn | None:
@@ -262,3 +282,7 @@ class EDGEPipeline(StableDiffusionPipeline):
             f"{captions_per_image - 1} extra caption(s) per image: pass captioner=Captioner.from_pretrained(...) "
             "(or any callable), load the pipeline with captioner=/captioner_processor=, or use captions_per_image=1."
         )
+
+    def _component_name(self, name: str) -> str | None:
+        component = getattr(self, name, None)
+        return str(getattr(getattr(component, "config", None), "_name_or_path", "") or "") or None
