@@ -1,19 +1,12 @@
 """The distill batch job: a run's settings, the plan, the shards, resumption and the split across processes.
 
-`EDGEPipeline.distill` (the public entry) does the first step with this module's helpers and hands the rest to
-`run_distill`:
-
-1. check every argument before anything is written (`check_arguments`), read the source's captions
-   (`caption_pool`) and fix the run's `DistillSettings` (every argument that shapes the set; its `manifest()` is
-   written to `edge_manifest.json` and its SHA-256 is the run's identity, `run_id`);
-2. check the output folder: an empty one, or one holding a set `distill` began with the same settings (resumed:
-   finished shards are kept) or, with `resume=False`, one whose files it wrote itself (cleared);
-3. on the main process, select the prompts and write the `DistillPlan` (`edge_plan.json`), which every process
-   then reads;
-4. split the unfinished shards across `accelerate` processes; each generates its shards batch by batch (item `i`
-   from a CPU generator seeded with `item_seed(seed, i)`), adds synthesized captions and writes each shard
-   atomically with its ownership record (`diffusers_edge.data.distilled_layout`);
-5. on the main process, check that every shard was written and write the dataset card.
+`EDGEPipeline.distill` (the public entry) checks its arguments (`check_arguments`), reads the source's captions
+(`caption_pool`) and fixes the run's `DistillSettings` (every argument that shapes the set: its `manifest()` goes to
+`edge_manifest.json`, its SHA-256 is the run's identity); `run_distill` then checks the output folder (empty, or a
+set `distill` began with the same settings, resumed, or with `resume=False` one it wrote itself, cleared), selects
+the prompts once into the `DistillPlan` (`edge_plan.json`), splits the unfinished shards across `accelerate`
+processes (item `i` generated from `item_seed(seed, i)`, each shard written atomically with its ownership record,
+`diffusers_edge.data.distilled_layout`) and, on the main process, writes the dataset card.
 
 Example:
     >>> item_seed(0, 5) == item_seed(0, 5) != item_seed(1, 5)   # an item's image depends on (seed, index) only
@@ -126,11 +119,9 @@ class DistillSettings:
         clip_model: the CLIP model that embeds the captions for k-center / k-means selection, else None.
 
     Example:
-        >>> settings = DistillSettings(source_fingerprint="f" * 64, source_captions=10, num_pairs=5,
-        ...                            captions_per_image=2, selection="random", seed=0, batch_size=8, shard_size=64,
-        ...                            num_inference_steps=50, guidance_scale=7.5, height=512, width=512,
-        ...                            negative_prompt=None, base_model="sd", lora=[], scheduler="PNDMScheduler",
-        ...                            captioner=None, clip_model=None)
+        >>> settings = DistillSettings("f" * 64, 10, num_pairs=5, captions_per_image=2, selection="random", seed=0,
+        ...     batch_size=8, shard_size=64, num_inference_steps=50, guidance_scale=7.5, height=512, width=512,
+        ...     negative_prompt=None, base_model="sd", lora=[], scheduler="DDIM", captioner=None, clip_model=None)
         >>> settings.num_images, settings.num_shards, list(settings.manifest())[:2]
         (3, 1, ['format_version', 'source_fingerprint'])
     """
@@ -343,12 +334,23 @@ def _check_captions_out(out: Any, prompts: list[str], indices: list[int], num: i
 
 def process_state() -> PartialState:
     """accelerate's process state. A plain `PartialState()` ignores `ACCELERATE_USE_CPU` (only `Accelerator` reads
-    it), so under `ACCELERATE_USE_CPU=true torchrun --nproc_per_node P` it would see one process; pass it on."""
+    it), so under `ACCELERATE_USE_CPU=true torchrun --nproc_per_node P` it would see one process; pass it on.
+
+    Example:
+        >>> state = process_state()          # what distill and `diffusers-edge distill` split their work with
+        >>> state.num_processes, state.is_main_process
+        (1, True)
+    """
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def describe_captioner(caption_fn: CaptionFn | None) -> Any:
-    """What the manifest and the card record of a captioner: its `describe()`, else its name; None for none."""
+    """What the manifest and the card record of a captioner: its `describe()`, else its name; None for none.
+
+    Example:
+        >>> describe_captioner(None), describe_captioner(sorted)
+        (None, {'name': 'builtins.sorted'})
+    """
     if caption_fn is None:
         return None
     describe = getattr(caption_fn, "describe", None)
