@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     from diffusers import StableDiffusionPipeline
 
     from diffusers_edge.captioning import Captioner
-    from diffusers_edge.pipeline_edge import EDGEPipeline, item_seed
+    from diffusers_edge.distillation import item_seed
+    from diffusers_edge.pipeline_edge import EDGEPipeline
     from diffusers_edge.shapes.dataset import load_captioned_shapes
     from diffusers_edge.testing import save_tiny_captioner, save_tiny_stable_diffusion
 

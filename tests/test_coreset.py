@@ -5,17 +5,11 @@ import math
 import pytest
 import torch
 
-from diffusers_edge.coreset import (
-    PoolEmbeddings,
-    count_forgetting_events,
-    embed_pool,
-    forgetting_scores,
-    herding,
-    select_coreset,
-)
 from diffusers_edge.data.format import validate_normalized
-from diffusers_edge.data.shapes import load_captioned_shapes
+from diffusers_edge.shapes.dataset import load_captioned_shapes
 from diffusers_edge.selection import kcenter_greedy
+from diffusers_edge.selection.algorithms import count_forgetting_events, forgetting_scores, herding
+from diffusers_edge.selection.coreset import PoolEmbeddings, embed_pool, select_coreset
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,10 @@ def test_flags_defaults_and_errors():
     args = parse_args(required)
     assert (args.captions_per_image, args.selection, args.guidance_scale) == (2, "random", 7.5)
     assert args.num_inference_steps == 50 and args.batch_size == 8 and args.shard_size == 64
-    assert args.clip_model == "openai/clip-vit-base-patch32" and args.captioner is None and not args.push_to_hub
+    assert args.clip_model_name_or_path == "openai/clip-vit-base-patch32" and args.captioner is None
+    assert not args.push_to_hub
+    for flag in ("--clip_model_name_or_path", "--clip_model"):  # training's name, and the older alias
+        assert parse_args([*required, flag, "my-clip"]).clip_model_name_or_path == "my-clip"
     with pytest.raises(SystemExit):
         parse_args([*required, "--push_to_hub"])
     with pytest.raises(SystemExit):

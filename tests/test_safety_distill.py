@@ -16,7 +16,7 @@ from diffusers_edge.data.distilled import (
     write_card,
     write_shard,
 )
-from diffusers_edge.data.shapes import load_captioned_shapes
+from diffusers_edge.shapes.dataset import load_captioned_shapes
 from diffusers_edge.pipeline_edge import EDGEPipeline
 
 FAST = {"num_inference_steps": 2, "progress": False, "captions_per_image": 1, "batch_size": 2, "shard_size": 2}
@@ -203,7 +203,7 @@ def test_distill_command_checks_flags_before_loading(tmp_path):
 
 
 def test_a_kill_between_recording_and_renaming_a_shard_regenerates_it(pipe, source, tmp_path, monkeypatch):
-    import diffusers_edge.data.distilled as layout
+    import diffusers_edge.data.distilled_layout as layout  # write_shard lives there
 
     reference, folder = tmp_path / "reference", tmp_path / "set"
     pipe.distill(source, 5, output_dir=reference, **FAST)

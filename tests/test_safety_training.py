@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 import diffusers_edge.training as training
-from diffusers_edge.data.shapes import load_captioned_shapes
+from diffusers_edge.shapes.dataset import load_captioned_shapes
 from diffusers_edge.training import checkpoints, loop, resolve_checkpoint, train
 from test_training import _args  # the tiny training flags (16 px, batch 2, no tracker)
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
-from diffusers_edge.data.shapes import load_captioned_shapes, parse_caption
+from diffusers_edge.shapes.dataset import load_captioned_shapes
+from diffusers_edge.shapes.objects import parse_caption
 from diffusers_edge.selection import (
     embed_captions,
     kcenter_greedy,
@@ -132,7 +133,7 @@ def test_kcenter_on_the_shapes_stack_clip_covers_more_scenes_than_random(shapes_
     """The same criterion through the real code path: captions embedded by the trained shapes CLIP (the stand-in
     for openai/clip-vit-base-patch32), 100 picks out of 1000 captions, distinct full attribute combinations
     (shape, colour, size, position; 432 exist). Measured: k-center 100 of 100 for every seed, random 70-74."""
-    from diffusers_edge.data.stack import shapes_stack_path
+    from diffusers_edge.shapes.stack import shapes_stack_path
 
     captions, attributes = shapes_captions
     folder = shapes_stack_path("clip")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from diffusers_edge.data.format import NORMALIZED_FEATURES
-from diffusers_edge.data.shapes import load_captioned_shapes
+from diffusers_edge.shapes.dataset import load_captioned_shapes
 from diffusers_edge.evaluation import (
     PROTOCOLS,
     FrozenTextEncoder,

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 from diffusers_edge.data.format import NORMALIZED_FEATURES
-from diffusers_edge.data.shapes import load_captioned_shapes
+from diffusers_edge.shapes.dataset import load_captioned_shapes
 from diffusers_edge.training import (
     DIFFFIT_WEIGHT_NAME,
     LORA_TARGET_MODULES,

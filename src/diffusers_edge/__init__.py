@@ -39,8 +39,8 @@ _LAZY_NAMES: dict[str, str] = {
     "TrainingConfig": "diffusers_edge.training.config",
     "load_difffit_weights": "diffusers_edge.training.adapters",
     "EDGEPipeline": "diffusers_edge.pipeline_edge",
-    "DistillProgress": "diffusers_edge.pipeline_edge",
-    "item_seed": "diffusers_edge.pipeline_edge",
+    "DistillProgress": "diffusers_edge.distillation",
+    "item_seed": "diffusers_edge.distillation",
     "select_captions": "diffusers_edge.selection",
     "kcenter_greedy": "diffusers_edge.selection",
     "kmeans_nearest": "diffusers_edge.selection",
@@ -59,8 +59,8 @@ _LAZY_NAMES: dict[str, str] = {
     "train_student": "diffusers_edge.evaluation",
     "evaluate_student": "diffusers_edge.evaluation",
     "results_table": "diffusers_edge.evaluation",
-    "select_coreset": "diffusers_edge.coreset",
-    "embed_pool": "diffusers_edge.coreset",
+    "select_coreset": "diffusers_edge.selection.coreset",
+    "embed_pool": "diffusers_edge.selection.coreset",
     "shapes_stack_path": "diffusers_edge.shapes.stack",
     "STACK_COMPONENTS": "diffusers_edge.shapes.stack",
     "AttributeJudge": "diffusers_edge.shapes.judge",
@@ -90,7 +90,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .captioning import Captioner
-    from .coreset import embed_pool, select_coreset
     from .data.distilled import (
         DISTILLED_FEATURES,
         DistilledBuilder,
@@ -107,6 +106,7 @@ if TYPE_CHECKING:
         load_source,
         pre_caption,
     )
+    from .distillation import DistillProgress, item_seed
     from .evaluation import (
         PROTOCOLS,
         ProtocolConfig,
@@ -120,8 +120,9 @@ if TYPE_CHECKING:
     from .losses import bidirectional_contrastive_loss, diversity_loss
     from .metrics import image_text_recall_path
     from .metrics.retrieval import retrieval_recall, retrieval_recall_from_embeddings
-    from .pipeline_edge import DistillProgress, EDGEPipeline, item_seed
+    from .pipeline_edge import EDGEPipeline
     from .selection import embed_captions, kcenter_greedy, kmeans_nearest, select_captions
+    from .selection.coreset import embed_pool, select_coreset
     from .shapes.dataset import CaptionedShapes, CaptionedShapesConfig, caption_vocabulary, load_captioned_shapes
     from .shapes.demo.config import DemoConfig
     from .shapes.demo.run import run_demo

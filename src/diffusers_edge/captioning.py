@@ -51,6 +51,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from .serialization import jsonable
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "Describe the image in one sentence."
@@ -351,7 +353,7 @@ class Captioner:
             "top_p": self.top_p,
             "top_k": self.top_k,
             "max_retries": self.max_retries,
-            "generate_kwargs": {k: _jsonable(v) for k, v in self.generate_kwargs.items()},
+            "generate_kwargs": {k: jsonable(v) for k, v in self.generate_kwargs.items()},
             "seeding": "per caption: SeedSequence(item seed, caption index, attempt) -> torch.Generator",
         }
 
@@ -511,12 +513,3 @@ def _repeats(text: str, prompt: str, accepted: list[str | None]) -> bool:
     seen = {_normalize(prompt)} | {_normalize(c) for c in accepted if c is not None}
     return _normalize(text) in seen
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool, type(None))):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)

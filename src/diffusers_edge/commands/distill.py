@@ -21,9 +21,10 @@ from collections.abc import Sequence
 import datasets
 import torch
 
+from ..clip_features import DEFAULT_CLIP_MODEL
+
 SHAPES = "shapes"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -43,7 +44,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_pairs", type=int, required=True, help="budget in (image, caption) pairs")
     parser.add_argument("--captions_per_image", type=int, default=2, help="prompt + synthesized captions per image")
     parser.add_argument("--selection", default="random", choices=["random", "kcenter", "kmeans"])
-    parser.add_argument("--clip_model", default=DEFAULT_CLIP, help="CLIP for --selection kcenter/kmeans")
+    parser.add_argument(
+        "--clip_model_name_or_path",
+        "--clip_model",  # the name this command used before it took training's name
+        default=DEFAULT_CLIP_MODEL,
+        help="CLIP for --selection kcenter/kmeans (alias: --clip_model)",
+    )
     parser.add_argument("--captioner", default=None, help="captioning model (BLIP, SmolVLM, LLaVA, a causal LM)")
     parser.add_argument("--captioner_mode", default=None, choices=["image-to-text", "vlm", "paraphrase"])
     parser.add_argument("--captioner_prompt", default=None, help="instruction for a VLM / paraphrase captioner")
@@ -89,7 +95,7 @@ def check_args(args: argparse.Namespace) -> None:
         "--pretrained_model_name_or_path": args.pretrained_model_name_or_path,
         "--lora": args.lora,
         "--captioner": args.captioner,
-        "--clip_model": args.clip_model if args.selection != "random" else None,
+        "--clip_model_name_or_path": args.clip_model_name_or_path if args.selection != "random" else None,
     }
     for flag, value in models.items():
         if value is not None:
@@ -118,8 +124,8 @@ def build_pipeline(args: argparse.Namespace, device: torch.device):
         from transformers import CLIPModel, CLIPProcessor
 
         extra.update(
-            clip_model=CLIPModel.from_pretrained(args.clip_model),
-            clip_processor=CLIPProcessor.from_pretrained(args.clip_model),
+            clip_model=CLIPModel.from_pretrained(args.clip_model_name_or_path),
+            clip_processor=CLIPProcessor.from_pretrained(args.clip_model_name_or_path),
         )
     pipe = EDGEPipeline.from_pretrained(args.pretrained_model_name_or_path, dtype=DTYPES[args.dtype], **extra)
     if args.lora:
@@ -150,11 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ...       "--captions_per_image", "1", "--output_dir", "out"])
         0
     """
-    from ..pipeline_edge import _process_state
+    from ..distillation import process_state
     from ..process_logging import set_library_verbosity
 
     args = parse_args(argv)
-    state = _process_state()
+    state = process_state()
     set_library_verbosity(state.is_local_main_process)
     source = load_training_source(args)
     pipe = build_pipeline(args, state.device)

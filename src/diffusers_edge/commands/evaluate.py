@@ -25,9 +25,10 @@ SHAPES = "shapes"
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of `diffusers-edge evaluate` (and of `examples/evaluate_distilled.py`)."""
-    from ..coreset import DEFAULT_CLIP_MODEL, METHODS, SPACES
+    from ..clip_features import DEFAULT_CLIP_MODEL
     from ..evaluation.protocol import PROTOCOLS
     from ..evaluation.student import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, TEXT_POOLINGS
+    from ..selection.coreset import METHODS, SPACES
 
     parser = argparse.ArgumentParser(
         prog="diffusers-edge evaluate",
@@ -158,7 +159,7 @@ def training_set(args: argparse.Namespace) -> tuple[str, datasets.Dataset | Call
         check_distilled_folder(args.distilled)
         distilled = load_source(args.distilled, split=args.distilled_split)
         return args.label or str(args.distilled), distilled
-    from ..coreset import embed_pool, select_coreset
+    from ..selection.coreset import embed_pool, select_coreset
 
     if args.baseline != "full" and args.num_pairs is None:
         raise ValueError(f"--baseline {args.baseline} needs --num_pairs (the budget in image-caption pairs).")

@@ -18,7 +18,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         >>> parse_args(["--distilled", "set", "--output_dir", "out", "--layout", "lors"]).benchmark
         'flickr30k'
     """
-    from ..data.distilled import EXPORT_BENCHMARKS, EXPORT_LAYOUTS
+    from ..data.distilled_export import EXPORT_BENCHMARKS, EXPORT_LAYOUTS
 
     parser = argparse.ArgumentParser(prog="diffusers-edge export", description=__doc__.split("\n")[0])
     parser.add_argument("--distilled", required=True, help="a distilled-set folder, flat JSON file or Hub id")
@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import json
 
-    from ..data.distilled import export_blip_json, load_distilled
+    from ..data.distilled import load_distilled
+    from ..data.distilled_export import export_blip_json
 
     args = parse_args(argv)
     distilled = load_distilled(args.distilled, image_root=args.image_root)

@@ -1,14 +1,15 @@
-"""Which captions a distilled set is generated from: random (EDGE), greedy k-center, or k-means prototypes.
+"""The selection algorithms on embeddings that prompt selection and the coreset baselines share.
 
-EDGE's released code draws the prompts with `random.sample(train_captions, N)` (REFERENCE.md section 1). Choosing
-prompts that *cover* the caption distribution is the lever training-free methods pull (D4M, PDS: k-means
-prototypes; REFERENCE.md section 3), so two coverage rules are offered on L2-normalised CLIP text embeddings:
-
+* `select_random`: `num` distinct indices drawn uniformly with a seeded NumPy generator (EDGE's rule);
 * `kcenter_greedy`: the greedy 2-approximation of k-center (Gonzalez 1985): start from a seeded random point,
   then repeatedly add the point farthest from everything chosen so far;
-* `kmeans_nearest`: k-means (k-means++ seeding, Lloyd iterations) and, per centroid, the nearest caption.
+* `kmeans` / `kmeans_nearest`: k-means (k-means++ seeding, Lloyd iterations) and, per centroid, the nearest point;
+* `herding`: greedily add the point that brings the chosen set's mean closest to the pool's mean (Welling 2009);
+* `count_forgetting_events` / `forgetting_scores`: forgetting events of each pair over a short proxy training run
+  (Toneva et al. 2019).
 
-This module is pure math on embeddings plus `embed_captions` (a CLIP text tower); it imports no pipeline.
+Pure math on tensors: this module loads no model and reads no data. Squared distances are computed in row chunks
+(`_sq_distances`), so memory stays bounded on CC3M-size pools.
 
 Example:
     >>> import torch
@@ -19,16 +20,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-SelectionFn = Callable[[list[str], int, int], Sequence[int]]
-"""A custom rule: `fn(captions, num, seed) -> num distinct indices into captions`."""
-
-SELECTION_METHODS = ("random", "kcenter", "kmeans")
-EMBEDDING_METHODS = ("kcenter", "kmeans")
 _CHUNK = 8192  # rows of the distance matrix computed at once: bounded memory on CC3M-size pools
 
 
@@ -163,79 +160,108 @@ def kmeans_nearest(embeddings: torch.Tensor, num: int, seed: int = 0, iterations
     return chosen
 
 
-@torch.no_grad()
-def embed_captions(
-    captions: Sequence[str],
-    clip_model: torch.nn.Module,
-    clip_processor,
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """L2-normalised CLIP text embeddings of `captions`, `[len(captions), projection_dim]` float32 on the CPU.
+def herding(embeddings: torch.Tensor, num: int) -> list[int]:
+    """Greedy herding: each step adds the unchosen point nearest to the residual of the running mean.
+
+    At step t (0-based), with S the sum of the t chosen points and m the mean of all points, the point x minimising
+    `||(t + 1) * m - S - x||` is added, i.e. the one that brings the mean of the chosen set closest to m (Welling,
+    ICML 2009; iCaRL's exemplar rule). Ties break to the lowest index.
 
     Args:
-        captions: the texts.
-        clip_model: a `transformers.CLIPModel` (anything with `get_text_features`).
-        clip_processor: its `CLIPProcessor` or tokenizer (called with `text=`, padding and truncation).
-        batch_size: texts encoded at once.
+        embeddings: `[pool, dim]` points.
+        num: how many to choose (1..pool).
+
+    Returns:
+        `num` distinct indices in the order chosen.
 
     Example:
-        >>> from transformers import CLIPModel, CLIPProcessor
-        >>> model = CLIPModel.from_pretrained("openai/clip-vit-base-patch32")
-        >>> processor = CLIPProcessor.from_pretrained("openai/clip-vit-base-patch32")
-        >>> embed_captions(["a red circle", "a blue square"], model, processor).shape
-        torch.Size([2, 512])
+        >>> herding(torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0], [10.0, 1.0]]), 3)
+        [1, 2, 3]
     """
-    device = next(clip_model.parameters()).device
-    out = []
-    for start in range(0, len(captions), batch_size):
-        inputs = clip_processor(
-            text=list(captions[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
-        )
-        features = clip_model.get_text_features(
-            input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device)
-        )
-        if not isinstance(features, torch.Tensor):  # some versions return a model output
-            features = features.pooler_output
-        out.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu())
-    return torch.cat(out)
+    points = embeddings.double()
+    if not 1 <= num <= len(points):
+        raise ValueError(f"Cannot choose {num} points by herding from a pool of {len(points)}.")
+    target = points.mean(0)
+    chosen_sum = torch.zeros_like(target)
+    points_sq = (points * points).sum(1)
+    taken = torch.zeros(len(points), dtype=torch.bool)
+    chosen = []
+    for step in range(num):
+        residual = (step + 1) * target - chosen_sum
+        distance = points_sq - 2 * points @ residual
+        distance[taken] = math.inf
+        index = int(torch.argmin(distance))
+        chosen.append(index)
+        taken[index] = True
+        chosen_sum += points[index]
+    return chosen
 
 
-def select_captions(
-    captions: Sequence[str],
-    num: int,
-    method: str | SelectionFn = "random",
+def count_forgetting_events(correct: torch.Tensor) -> torch.Tensor:
+    """Forgetting events per example from a `[epochs, pool]` boolean history of "classified correctly".
+
+    An event is a transition from correct (at one epoch) to incorrect (at the next). Examples never correct are
+    given `inf`: Toneva et al. (ICLR 2019) rank never-learned examples as the most forgettable.
+
+    Example:
+        >>> count_forgetting_events(torch.tensor([[1, 0, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.bool))
+        tensor([1., inf, 1.])
+    """
+    correct = correct.bool()
+    events = (correct[:-1] & ~correct[1:]).sum(0).double()
+    events[~correct.any(0)] = math.inf
+    return events
+
+
+def forgetting_scores(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float = 1e-3,
     seed: int = 0,
-    embeddings: torch.Tensor | None = None,
-) -> list[int]:
-    """Picks `num` distinct captions by `method`; returns their indices into `captions`.
+) -> torch.Tensor:
+    """Forgetting events of each pair over a short contrastive training run on frozen CLIP embeddings.
+
+    A proxy retrieval model (one linear map per modality, randomly initialised with the seed, cosine logits at
+    temperature 0.07, symmetric InfoNCE, Adam) is trained on the pairs in shuffled batches. Before each update a
+    pair counts as correct when its image retrieves its own text *and* its text retrieves its own image within the
+    batch (argmax of the row and of the column). Events are counted with `count_forgetting_events`.
 
     Args:
-        captions: the pool (e.g. every training caption).
-        num: how many to pick.
-        method: `"random"`, `"kcenter"`, `"kmeans"`, or a callable `fn(captions, num, seed) -> indices`.
-        seed: the selection seed.
-        embeddings: `[len(captions), dim]` embeddings; required by `"kcenter"` and `"kmeans"`
-            (see `embed_captions`).
+        image_embeds: `[pool, d_img]` image embeddings.
+        text_embeds: `[pool, d_txt]` text embeddings of the same pairs.
+        epochs: passes over the pool.
+        batch_size: pairs per batch.
+        lr: Adam learning rate.
+        seed: seeds the initialisation and the batch order.
+
+    Returns:
+        `[pool]` float64 counts (`inf` for pairs never retrieved correctly).
 
     Example:
-        >>> select_captions(["a", "b", "c"], 2, "random", seed=0)
-        [1, 2]
+        >>> scores = forgetting_scores(torch.randn(50, 8), torch.randn(50, 8), epochs=3, seed=0)
+        >>> scores.shape
+        torch.Size([50])
     """
-    _check_num(num, len(captions))
-    if callable(method):
-        chosen = [int(i) for i in method(list(captions), num, seed)]
-        if len(chosen) != num or len(set(chosen)) != num or not all(0 <= i < len(captions) for i in chosen):
-            raise ValueError(
-                f"Selection callable {getattr(method, '__name__', method)!r} must return {num} distinct indices "
-                f"in [0, {len(captions)}), got {chosen[:20]}."
-            )
-        return chosen
-    if method == "random":
-        return select_random(len(captions), num, seed)
-    if method not in EMBEDDING_METHODS:
-        raise ValueError(f"Unknown selection {method!r}; use one of {SELECTION_METHODS} or a callable.")
-    if embeddings is None or len(embeddings) != len(captions):
-        raise ValueError(f"selection={method!r} needs one embedding per caption ({len(captions)}).")
-    if method == "kcenter":
-        return kcenter_greedy(embeddings, num, seed=seed)
-    return kmeans_nearest(embeddings, num, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    dim = max(image_embeds.shape[1], text_embeds.shape[1])
+    image_map = torch.nn.Linear(image_embeds.shape[1], dim)
+    text_map = torch.nn.Linear(text_embeds.shape[1], dim)
+    for layer in (image_map, text_map):
+        torch.nn.init.normal_(layer.weight, std=layer.in_features**-0.5, generator=generator)
+        torch.nn.init.zeros_(layer.bias)
+    optimizer = torch.optim.Adam([*image_map.parameters(), *text_map.parameters()], lr=lr)
+    pool = len(image_embeds)
+    correct = torch.zeros(epochs, pool, dtype=torch.bool)
+    for epoch in range(epochs):
+        for batch in torch.randperm(pool, generator=generator).split(batch_size):
+            logits = F.normalize(image_map(image_embeds[batch].float()), dim=-1)
+            logits = logits @ F.normalize(text_map(text_embeds[batch].float()), dim=-1).T / 0.07
+            targets = torch.arange(len(batch))
+            correct[epoch, batch] = (logits.argmax(1) == targets) & (logits.argmax(0) == targets)
+            loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return count_forgetting_events(correct)

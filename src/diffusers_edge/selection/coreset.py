@@ -1,6 +1,7 @@
 """Coreset baselines on real image-text pairs, in the normalized form so that they are evaluated like distilled sets.
 
-The literature defines these baselines for pairs inconsistently (REFERENCE.md section 3), so every choice is explicit:
+The literature defines these baselines for pairs inconsistently (docs/method.md, "Coreset baselines and prompt
+selection"), so every choice is explicit:
 
 * **budget**: `num_pairs` counts (image, caption) pairs, as for a distilled set. With `captions_per_image=1` (the
   default) that is `num_pairs` images with one caption each; with `captions_per_image=k` (or `None` = all captions)
@@ -40,119 +41,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.format import CAPTIONS_COLUMN, IMAGE_COLUMN, validate_normalized
-from .selection import embed_captions, kcenter_greedy
+from ..clip_features import DEFAULT_CLIP_MODEL, clip_features
+from ..data.format import CAPTIONS_COLUMN, IMAGE_COLUMN, validate_normalized
+from .algorithms import forgetting_scores, herding, kcenter_greedy
+from .prompts import embed_captions
 
 METHODS = ("random", "herding", "kcenter", "forgetting", "full")
 SPACES = ("image", "text", "joint")
-DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
-
-
-def herding(embeddings: torch.Tensor, num: int) -> list[int]:
-    """Greedy herding: each step adds the unchosen point nearest to the residual of the running mean.
-
-    At step t (0-based), with S the sum of the t chosen points and m the mean of all points, the point x minimising
-    `||(t + 1) * m - S - x||` is added, i.e. the one that brings the mean of the chosen set closest to m (Welling,
-    ICML 2009; iCaRL's exemplar rule). Ties break to the lowest index.
-
-    Args:
-        embeddings: `[pool, dim]` points.
-        num: how many to choose (1..pool).
-
-    Returns:
-        `num` distinct indices in the order chosen.
-
-    Example:
-        >>> herding(torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0], [10.0, 1.0]]), 3)
-        [1, 2, 3]
-    """
-    points = embeddings.double()
-    if not 1 <= num <= len(points):
-        raise ValueError(f"Cannot choose {num} points by herding from a pool of {len(points)}.")
-    target = points.mean(0)
-    chosen_sum = torch.zeros_like(target)
-    points_sq = (points * points).sum(1)
-    taken = torch.zeros(len(points), dtype=torch.bool)
-    chosen = []
-    for step in range(num):
-        residual = (step + 1) * target - chosen_sum
-        distance = points_sq - 2 * points @ residual
-        distance[taken] = math.inf
-        index = int(torch.argmin(distance))
-        chosen.append(index)
-        taken[index] = True
-        chosen_sum += points[index]
-    return chosen
-
-
-def count_forgetting_events(correct: torch.Tensor) -> torch.Tensor:
-    """Forgetting events per example from a `[epochs, pool]` boolean history of "classified correctly".
-
-    An event is a transition from correct (at one epoch) to incorrect (at the next). Examples never correct are
-    given `inf`: Toneva et al. (ICLR 2019) rank never-learned examples as the most forgettable.
-
-    Example:
-        >>> count_forgetting_events(torch.tensor([[1, 0, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.bool))
-        tensor([1., inf, 1.])
-    """
-    correct = correct.bool()
-    events = (correct[:-1] & ~correct[1:]).sum(0).double()
-    events[~correct.any(0)] = math.inf
-    return events
-
-
-def forgetting_scores(
-    image_embeds: torch.Tensor,
-    text_embeds: torch.Tensor,
-    epochs: int = 20,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    seed: int = 0,
-) -> torch.Tensor:
-    """Forgetting events of each pair over a short contrastive training run on frozen CLIP embeddings.
-
-    A proxy retrieval model (one linear map per modality, randomly initialised with the seed, cosine logits at
-    temperature 0.07, symmetric InfoNCE, Adam) is trained on the pairs in shuffled batches. Before each update a
-    pair counts as correct when its image retrieves its own text *and* its text retrieves its own image within the
-    batch (argmax of the row and of the column). Events are counted with `count_forgetting_events`.
-
-    Args:
-        image_embeds: `[pool, d_img]` image embeddings.
-        text_embeds: `[pool, d_txt]` text embeddings of the same pairs.
-        epochs: passes over the pool.
-        batch_size: pairs per batch.
-        lr: Adam learning rate.
-        seed: seeds the initialisation and the batch order.
-
-    Returns:
-        `[pool]` float64 counts (`inf` for pairs never retrieved correctly).
-
-    Example:
-        >>> scores = forgetting_scores(torch.randn(50, 8), torch.randn(50, 8), epochs=3, seed=0)
-        >>> scores.shape
-        torch.Size([50])
-    """
-    generator = torch.Generator().manual_seed(seed)
-    dim = max(image_embeds.shape[1], text_embeds.shape[1])
-    image_map = torch.nn.Linear(image_embeds.shape[1], dim)
-    text_map = torch.nn.Linear(text_embeds.shape[1], dim)
-    for layer in (image_map, text_map):
-        torch.nn.init.normal_(layer.weight, std=layer.in_features**-0.5, generator=generator)
-        torch.nn.init.zeros_(layer.bias)
-    optimizer = torch.optim.Adam([*image_map.parameters(), *text_map.parameters()], lr=lr)
-    pool = len(image_embeds)
-    correct = torch.zeros(epochs, pool, dtype=torch.bool)
-    for epoch in range(epochs):
-        for batch in torch.randperm(pool, generator=generator).split(batch_size):
-            logits = F.normalize(image_map(image_embeds[batch].float()), dim=-1)
-            logits = logits @ F.normalize(text_map(text_embeds[batch].float()), dim=-1).T / 0.07
-            targets = torch.arange(len(batch))
-            correct[epoch, batch] = (logits.argmax(1) == targets) & (logits.argmax(0) == targets)
-            loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return count_forgetting_events(correct)
 
 
 def _load_clip(clip_model: str | Path, device: str):
@@ -212,9 +107,7 @@ def embed_pool(
     chunks = []
     for start in range(0, dataset.num_rows, batch_size):
         pixels = processor(images=images[start : start + batch_size][IMAGE_COLUMN], return_tensors="pt")
-        features = model.get_image_features(pixel_values=pixels["pixel_values"].to(device))
-        if not isinstance(features, torch.Tensor):  # transformers 5 returns a model output
-            features = features.pooler_output
+        features = clip_features(model.get_image_features(pixel_values=pixels["pixel_values"].to(device)))
         chunks.append(F.normalize(features.float(), dim=-1).cpu())
     return PoolEmbeddings(torch.cat(chunks), per_row)
 
