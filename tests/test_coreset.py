@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from diffusers_edge.data.format import validate_normalized
-from diffusers_edge.shapes.dataset import load_captioned_shapes
 from diffusers_edge.selection import kcenter_greedy
 from diffusers_edge.selection.algorithms import count_forgetting_events, forgetting_scores, herding
 from diffusers_edge.selection.coreset import PoolEmbeddings, embed_pool, select_coreset
+from diffusers_edge.shapes.dataset import load_captioned_shapes
 
 
 @pytest.fixture(scope="module")

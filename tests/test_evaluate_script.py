@@ -10,9 +10,9 @@ import pytest
 
 from diffusers_edge.commands.evaluate import build_parser, main, run
 from diffusers_edge.data.format import NORMALIZED_FEATURES
-from diffusers_edge.shapes.dataset import load_captioned_shapes
 from diffusers_edge.evaluation import evaluate_dataset, protocol_config, summarize
 from diffusers_edge.selection.coreset import select_coreset
+from diffusers_edge.shapes.dataset import load_captioned_shapes
 from diffusers_edge.testing import save_tiny_bert
 
 TINY_CNN = {"channels": [8, 16, 32, 64], "stem_width": 8}

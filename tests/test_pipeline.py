@@ -14,9 +14,9 @@ from transformers import CLIPModel, CLIPProcessor
 
 from diffusers_edge.captioning import Captioner
 from diffusers_edge.data.distilled import MANIFEST_NAME, load_distilled, to_flat_pairs
-from diffusers_edge.shapes.dataset import load_captioned_shapes
 from diffusers_edge.pipeline_edge import EDGEPipeline, item_seed
 from diffusers_edge.selection import embed_captions, kcenter_greedy, kmeans_nearest
+from diffusers_edge.shapes.dataset import load_captioned_shapes
 from diffusers_edge.testing import save_tiny_captioner
 
 FAST = {"num_inference_steps": 2, "progress": False}

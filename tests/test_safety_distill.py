@@ -16,8 +16,8 @@ from diffusers_edge.data.distilled import (
     write_card,
     write_shard,
 )
-from diffusers_edge.shapes.dataset import load_captioned_shapes
 from diffusers_edge.pipeline_edge import EDGEPipeline
+from diffusers_edge.shapes.dataset import load_captioned_shapes
 
 FAST = {"num_inference_steps": 2, "progress": False, "captions_per_image": 1, "batch_size": 2, "shard_size": 2}
 

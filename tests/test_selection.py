@@ -4,8 +4,6 @@ import pytest
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
-from diffusers_edge.shapes.dataset import load_captioned_shapes
-from diffusers_edge.shapes.objects import parse_caption
 from diffusers_edge.selection import (
     embed_captions,
     kcenter_greedy,
@@ -14,6 +12,8 @@ from diffusers_edge.selection import (
     select_captions,
     select_random,
 )
+from diffusers_edge.shapes.dataset import load_captioned_shapes
+from diffusers_edge.shapes.objects import parse_caption
 
 ATTRIBUTES = ("shape", "color", "size", "position")
 

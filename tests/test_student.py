@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from diffusers_edge.data.format import NORMALIZED_FEATURES
-from diffusers_edge.shapes.dataset import load_captioned_shapes
 from diffusers_edge.evaluation import (
     PROTOCOLS,
     FrozenTextEncoder,
@@ -31,6 +30,7 @@ from diffusers_edge.evaluation import (
 from diffusers_edge.evaluation.student import normalize_images
 from diffusers_edge.evaluation.trainer import _batches, embed_pairs
 from diffusers_edge.metrics.retrieval import retrieval_recall
+from diffusers_edge.shapes.dataset import load_captioned_shapes
 
 TINY_CNN = {"channels": (8, 16, 32, 64), "stem_width": 8}
 
