@@ -19,7 +19,8 @@ def _headings(page: Path) -> set[str]:
 def _citations() -> list[tuple[str, str, str | None]]:
     found = []
     for path in CODE:
-        text = re.sub(r"\s+", " ", path.read_text(encoding="utf-8"))  # a citation may wrap across lines
+        # a citation may wrap across lines of a docstring or of a comment
+        text = re.sub(r"\s+", " ", re.sub(r"\n\s*#", " ", path.read_text(encoding="utf-8")))
         found += [(str(path.relative_to(ROOT)), page, section) for page, section in CITATION.findall(text)]
     return found
 

@@ -13,6 +13,7 @@ Other columns may ride along (a distilled set adds `prompt`, `seed`, `source_ima
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -89,3 +90,52 @@ def validate_normalized(dataset: datasets.Dataset, name: str = "dataset") -> dat
             raise ValueError(f"{name}: image_id {image_id!r} appears twice (rows {seen[image_id]} and {row}).")
         seen[image_id] = row
     return dataset
+
+
+# MTT-VL, LoRS and EDGE build their Flickr30K / COCO datasets with max_words=30 (BLIP's own default is 50).
+BLIP_MAX_WORDS = 30
+
+# The punctuation BLIP's `pre_caption` turns into spaces (salesforce/BLIP, data/utils.py). Commas, apostrophes,
+# hyphens and slashes are kept: BLIP does not touch them (ALBEF's older `pre_caption` did).
+_BLIP_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
+_WHITESPACE_RUN = re.compile(r"\s{2,}")
+
+
+def pre_caption(caption: str, max_words: int = BLIP_MAX_WORDS) -> str:
+    """BLIP's caption preprocessing, as used by the MTT-VL / LoRS / EDGE evaluation.
+
+    Follows `pre_caption` in salesforce/BLIP `data/utils.py` (copied unchanged into the MTT-VL and EDGE
+    repositories): lower-case; each of `. ! " ( ) * # : ; ~` becomes a space; every run of two or more
+    whitespace characters becomes one space; a trailing newline and surrounding spaces are stripped; the caption
+    is cut to its first `max_words` space-separated words. Commas, apostrophes, hyphens and slashes are kept.
+
+    Args:
+        caption: the raw caption.
+        max_words: the number of words kept (30 in MTT-VL, LoRS and EDGE).
+
+    Returns:
+        The preprocessed caption (may be empty if the caption held only punctuation).
+
+    Example:
+        >>> pre_caption("A dog (brown) runs!  Fast.")
+        'a dog brown runs fast'
+        >>> pre_caption("Two men, one in a T-shirt.", max_words=4)
+        'two men, one in'
+    """
+    caption = _BLIP_PUNCTUATION.sub(" ", caption.lower())
+    caption = _WHITESPACE_RUN.sub(" ", caption)
+    caption = caption.rstrip("\n").strip(" ")
+    words = caption.split(" ")
+    if len(words) > max_words:
+        caption = " ".join(words[:max_words])
+    return caption
+
+
+def prepared_captions(value: Any, record: str, preprocess: bool, max_words: int) -> list[str]:
+    """A caption cell as checked captions, with BLIP's `pre_caption` applied when `preprocess`."""
+    captions = caption_list(value, record)
+    if preprocess:
+        captions = check_captions(
+            [pre_caption(c, max_words) for c in captions], record=f"{record} (after BLIP pre_caption)"
+        )
+    return captions
