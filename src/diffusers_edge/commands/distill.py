@@ -22,8 +22,8 @@ import datasets
 import torch
 
 from ..clip_features import DEFAULT_CLIP_MODEL
+from ..shapes.dataset import SOURCE_NAME, load_shapes_split
 
-SHAPES = "shapes"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -104,10 +104,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def load_training_source(args: argparse.Namespace) -> datasets.Dataset:
     """`shapes` -> the embedded captioned-shapes train split; anything else -> `data.sources.load_source`."""
-    if args.source == SHAPES:
-        from ..shapes.dataset import load_captioned_shapes
-
-        return load_captioned_shapes(num_train=args.shapes_num_train, num_val=0, num_test=0)[args.source_split]
+    if args.source == SOURCE_NAME:
+        return load_shapes_split(args.source_split, num_train=args.shapes_num_train, num_test=0)
     from ..data.sources import load_source
 
     return load_source(args.source, split=args.source_split, image_root=args.image_root)

@@ -20,7 +20,7 @@ from typing import Any
 
 import datasets
 
-SHAPES = "shapes"
+from ..shapes.dataset import SOURCE_NAME, load_shapes_split
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the coreset selection (default: each run draws its coreset with its own training seed)",
     )
     parser.add_argument("--forgetting_epochs", type=int, default=20, help="length of the forgetting proxy run")
-    parser.add_argument("--train_source", default=SHAPES, help="real pairs for baselines (`shapes` = embedded)")
+    parser.add_argument("--train_source", default=SOURCE_NAME, help="real pairs for baselines (`shapes` = embedded)")
     parser.add_argument("--train_split", default="train", help='split of --train_source ("" for a single Dataset)')
-    parser.add_argument("--test_source", default=SHAPES, help="test pairs (`shapes` = the embedded test split)")
+    parser.add_argument("--test_source", default=SOURCE_NAME, help="test pairs (`shapes` = the embedded test split)")
     parser.add_argument("--test_split", default="test", help='split of --test_source ("" for a single Dataset)')
     parser.add_argument(
         "--split_column",
@@ -104,20 +104,10 @@ def _captions_per_image(value: str) -> int | None:
 
 def load_split(source: str, split: str, args: argparse.Namespace) -> datasets.Dataset:
     """`shapes` -> the embedded captioned-shapes split; anything else -> `diffusers_edge.data.sources.load_source`."""
-    if source == SHAPES:
-        from ..shapes.dataset import load_captioned_shapes
-
-        shapes = load_captioned_shapes(
-            args.shapes_config,
-            seed=args.shapes_seed,
-            num_train=args.shapes_num_train,
-            num_val=0,
-            num_test=args.shapes_num_test,
-            cache_dir=args.cache_dir,
+    if source == SOURCE_NAME:
+        return load_shapes_split(
+            split, args.shapes_config, args.shapes_seed, args.shapes_num_train, args.shapes_num_test, args.cache_dir
         )
-        if split not in shapes:
-            raise ValueError(f"The shapes data has splits {list(shapes)}; {split!r} is not one of them.")
-        return shapes[split]
     from ..data.sources import load_source
 
     if args.split_column is not None:

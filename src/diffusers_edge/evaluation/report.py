@@ -4,7 +4,7 @@ A run reports the **last** evaluation and the **best** one (highest `r_mean`); t
 split, as LoRS does, so it is optimistic. Several seeds give mean and sample standard deviation (ddof=1).
 
 Example:
-    >>> print(results_table([("distilled", results)]))  # results of `evaluate_dataset`
+    >>> print(results_table([("distilled", results)]))  # results of `evaluate_dataset`  # doctest: +SKIP
     | set | epoch | IR@1 | IR@5 | IR@10 | TR@1 | TR@5 | TR@10 | r_mean |
     ...
 """
@@ -73,9 +73,9 @@ def results_table(
             after the label.
 
     Example:
-        >>> print(results_table([("random 100", results)]).splitlines()[0])
+        >>> print(results_table([("random 100", results)]).splitlines()[0])  # doctest: +SKIP
         | set | epoch | IR@1 | IR@5 | IR@10 | TR@1 | TR@5 | TR@10 | r_mean |
-        >>> print(results_table({"EDGE": results}, with_epochs=True).splitlines()[0])
+        >>> print(results_table({"EDGE": results}, with_epochs=True).splitlines()[0])  # doctest: +SKIP
         | set | pairs (images) | epoch | IR@1 | IR@5 | IR@10 | TR@1 | TR@5 | TR@10 | r_mean |
     """
     lead = ["set", "pairs (images)", "epoch"] if with_epochs else ["set", "epoch"]

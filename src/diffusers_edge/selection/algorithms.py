@@ -205,7 +205,7 @@ def count_forgetting_events(correct: torch.Tensor) -> torch.Tensor:
 
     Example:
         >>> count_forgetting_events(torch.tensor([[1, 0, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.bool))
-        tensor([1., inf, 1.])
+        tensor([1., inf, 1.], dtype=torch.float64)
     """
     correct = correct.bool()
     events = (correct[:-1] & ~correct[1:]).sum(0).double()

@@ -66,7 +66,7 @@ from .objects import (
 __all__ = [
     "CONFIG_NUM_OBJECTS", "CONFIGS", "SPLITS", "num_combinations", "example_rng", "caption_vocabulary",
     "combination_key", "generate_example", "CaptionedShapesConfig", "CaptionedShapes", "load_captioned_shapes",
-    "shapes_statistics",
+    "shapes_statistics", "SOURCE_NAME", "load_shapes_split",
 ]
 
 # ------------------------------------------------------------------------------------------------- the dataset
@@ -337,6 +337,33 @@ def load_captioned_shapes(
         builder = CaptionedShapes(config_name=config_name, cache_dir=tmp, **kwargs)
         builder.download_and_prepare()
         return builder.as_dataset(in_memory=True)
+
+
+SOURCE_NAME = "shapes"
+"""What `diffusers-edge distill --source` and `evaluate --train_source / --test_source` call the embedded data."""
+
+
+def load_shapes_split(
+    split: str,
+    config_name: str = "one_object",
+    seed: int = 0,
+    num_train: int = 5000,
+    num_test: int = 1000,
+    cache_dir: str | Path | None = None,
+) -> datasets.Dataset:
+    """One split of the captioned-shapes data (no validation split is built), as the commands read the source
+    `shapes`; an unknown split raises naming the ones there are.
+
+    Example:
+        >>> load_shapes_split("test", num_train=4, num_test=3).num_rows
+        3
+    """
+    shapes = load_captioned_shapes(
+        config_name, seed=seed, num_train=num_train, num_val=0, num_test=num_test, cache_dir=cache_dir
+    )
+    if split not in shapes:
+        raise ValueError(f"The shapes data has splits {list(shapes)}; {split!r} is not one of them.")
+    return shapes[split]
 
 
 def shapes_statistics(
