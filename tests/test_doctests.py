@@ -11,6 +11,7 @@ MODULES = [
     "diffusers_edge.metrics.retrieval",
     "diffusers_edge.clip_features",
     "diffusers_edge.serialization",
+    "diffusers_edge.flags",
     "diffusers_edge.data.format",
     "diffusers_edge.selection.algorithms",
     "diffusers_edge.training.objective",

@@ -18,19 +18,16 @@ Example:
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import math
 import os
-import types
-import typing
 from collections.abc import Sequence
-from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any
+from dataclasses import MISSING, dataclass, fields
 
 import torchvision.transforms.functional as TF
 
 from ..clip_features import DEFAULT_CLIP_MODEL
+from ..flags import add_flags, flag, flag_type
 from .adapters import LORA_TARGET_MODULES
 from .objective import CLIP_LOSS_INPUTS, EDGELossConfig
 
@@ -56,11 +53,6 @@ LR_SCHEDULERS = ["linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 DESCRIPTION = "Fine-tune Stable Diffusion with the EDGE objective (arXiv 2509.15472); LoRA in diffusers format."
 
 
-def _flag(group: str, default: Any = MISSING, help: str | None = None, choices: Sequence[str] | None = None) -> Any:
-    """A `TrainingConfig` field: its default (none: a required flag), and its flag's group, help text and choices."""
-    return field(default=default, metadata={"group": group, "help": help, "choices": choices})
-
-
 # the objective's options are EDGELossConfig's fields of the same names: their defaults are written there
 _LOSS = EDGELossConfig
 
@@ -82,134 +74,134 @@ class TrainingConfig:
     """
 
     # models
-    pretrained_model_name_or_path: str = _flag(MODELS, help="Stable Diffusion repo or folder.")
-    revision: str | None = _flag(MODELS, None, "Revision of the pretrained model on the Hub.")
-    variant: str | None = _flag(MODELS, None, "Variant of the model files, e.g. fp16.")
-    clip_model_name_or_path: str = _flag(
+    pretrained_model_name_or_path: str = flag(MODELS, help="Stable Diffusion repo or folder.")
+    revision: str | None = flag(MODELS, None, "Revision of the pretrained model on the Hub.")
+    variant: str | None = flag(MODELS, None, "Variant of the model files, e.g. fp16.")
+    clip_model_name_or_path: str = flag(
         MODELS, DEFAULT_CLIP_MODEL, "Frozen CLIP model whose embedding space the contrastive and diversity losses use."
     )
     # data
-    dataset_name: str | None = _flag(DATA, None, "Hub dataset or local folder for load_dataset.")
-    dataset_config_name: str | None = _flag(DATA, None, "The dataset's config, if it has several.")
-    train_data_dir: str | None = _flag(DATA, None, "An imagefolder with metadata.jsonl captions.")
-    image_column: str = _flag(DATA, "image", "Column holding the images.")
-    caption_column: str | None = _flag(
+    dataset_name: str | None = flag(DATA, None, "Hub dataset or local folder for load_dataset.")
+    dataset_config_name: str | None = flag(DATA, None, "The dataset's config, if it has several.")
+    train_data_dir: str | None = flag(DATA, None, "An imagefolder with metadata.jsonl captions.")
+    image_column: str = flag(DATA, "image", "Column holding the images.")
+    caption_column: str | None = flag(
         DATA, None, "Column holding a caption or a list of captions (default: the first of captions, text, caption)."
     )
-    max_train_samples: int | None = _flag(DATA, None, "Keep only the first N training images.")
-    cache_dir: str | None = _flag(DATA, None, "Where downloaded models and datasets are stored.")
-    resolution: int = _flag(DATA, 512, "Training images are resized and cropped to this.")
-    image_interpolation_mode: str = _flag(
+    max_train_samples: int | None = flag(DATA, None, "Keep only the first N training images.")
+    cache_dir: str | None = flag(DATA, None, "Where downloaded models and datasets are stored.")
+    resolution: int = flag(DATA, 512, "Training images are resized and cropped to this.")
+    image_interpolation_mode: str = flag(
         DATA,
         "lanczos",
         "torchvision interpolation used to resize the training images (diffusers' default: lanczos).",
         choices=INTERPOLATION_MODES,
     )
-    center_crop: bool = _flag(DATA, False, "Center-crop instead of a random crop.")
-    random_flip: bool = _flag(DATA, False, "Randomly flip images horizontally.")
-    dataloader_num_workers: int = _flag(DATA, 0, "Data loading subprocesses.")
+    center_crop: bool = flag(DATA, False, "Center-crop instead of a random crop.")
+    random_flip: bool = flag(DATA, False, "Randomly flip images horizontally.")
+    dataloader_num_workers: int = flag(DATA, 0, "Data loading subprocesses.")
     # optimisation
-    train_batch_size: int = _flag(OPTIMISATION, 16, "Batch size per device.")
-    num_train_epochs: int = _flag(OPTIMISATION, 10, "Epochs (10 in the released EDGE code).")
-    max_train_steps: int | None = _flag(OPTIMISATION, None, "Total optimiser steps; overrides epochs.")
-    gradient_accumulation_steps: int = _flag(OPTIMISATION, 1, "Batches per optimiser step.")
-    gradient_checkpointing: bool = _flag(OPTIMISATION, False, "Checkpoint the UNet and the VAE decoder (memory).")
-    learning_rate: float = _flag(OPTIMISATION, 1e-4, "Learning rate after warm-up.")
-    scale_lr: bool = _flag(OPTIMISATION, False, "Multiply the lr by accumulation x batch x processes.")
-    lr_scheduler: str = _flag(OPTIMISATION, "constant", choices=LR_SCHEDULERS)
-    lr_warmup_steps: int = _flag(OPTIMISATION, 0, "Warm-up steps of the lr scheduler.")
-    optimizer: str = _flag(OPTIMISATION, "adamw", "sgd: released code.", choices=["adamw", "sgd"])
-    adam_beta1: float = _flag(OPTIMISATION, 0.9)
-    adam_beta2: float = _flag(OPTIMISATION, 0.999)
-    adam_weight_decay: float = _flag(OPTIMISATION, 1e-2)
-    adam_epsilon: float = _flag(OPTIMISATION, 1e-8)
-    max_grad_norm: float = _flag(OPTIMISATION, 1.0, "Gradient clipping norm.")
-    seed: int = _flag(OPTIMISATION, 0, "Seeds data order, captions, crops, noise and timesteps.")
-    mixed_precision: str | None = _flag(OPTIMISATION, None, choices=["no", "fp16", "bf16"])
-    allow_tf32: bool = _flag(OPTIMISATION, False, "Allow TF32 matmuls on Ampere or newer GPUs.")
-    use_8bit_adam: bool = _flag(OPTIMISATION, False, "bitsandbytes' 8-bit AdamW (needs bitsandbytes).")
-    enable_xformers_memory_efficient_attention: bool = _flag(
+    train_batch_size: int = flag(OPTIMISATION, 16, "Batch size per device.")
+    num_train_epochs: int = flag(OPTIMISATION, 10, "Epochs (10 in the released EDGE code).")
+    max_train_steps: int | None = flag(OPTIMISATION, None, "Total optimiser steps; overrides epochs.")
+    gradient_accumulation_steps: int = flag(OPTIMISATION, 1, "Batches per optimiser step.")
+    gradient_checkpointing: bool = flag(OPTIMISATION, False, "Checkpoint the UNet and the VAE decoder (memory).")
+    learning_rate: float = flag(OPTIMISATION, 1e-4, "Learning rate after warm-up.")
+    scale_lr: bool = flag(OPTIMISATION, False, "Multiply the lr by accumulation x batch x processes.")
+    lr_scheduler: str = flag(OPTIMISATION, "constant", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = flag(OPTIMISATION, 0, "Warm-up steps of the lr scheduler.")
+    optimizer: str = flag(OPTIMISATION, "adamw", "sgd: released code.", choices=["adamw", "sgd"])
+    adam_beta1: float = flag(OPTIMISATION, 0.9)
+    adam_beta2: float = flag(OPTIMISATION, 0.999)
+    adam_weight_decay: float = flag(OPTIMISATION, 1e-2)
+    adam_epsilon: float = flag(OPTIMISATION, 1e-8)
+    max_grad_norm: float = flag(OPTIMISATION, 1.0, "Gradient clipping norm.")
+    seed: int = flag(OPTIMISATION, 0, "Seeds data order, captions, crops, noise and timesteps.")
+    mixed_precision: str | None = flag(OPTIMISATION, None, choices=["no", "fp16", "bf16"])
+    allow_tf32: bool = flag(OPTIMISATION, False, "Allow TF32 matmuls on Ampere or newer GPUs.")
+    use_8bit_adam: bool = flag(OPTIMISATION, False, "bitsandbytes' 8-bit AdamW (needs bitsandbytes).")
+    enable_xformers_memory_efficient_attention: bool = flag(
         OPTIMISATION, False, "xformers attention in the UNet (needs xformers)."
     )
-    local_rank: int = _flag(OPTIMISATION, -1, "Distributed: local_rank (LOCAL_RANK wins).")
+    local_rank: int = flag(OPTIMISATION, -1, "Distributed: local_rank (LOCAL_RANK wins).")
     # what is tuned
-    finetune: str = _flag(
+    finetune: str = flag(
         TUNED,
         "lora",
         "lora: peft LoRA on the attention projections; difffit: the UNet's biases and norms (released code).",
         choices=["lora", "difffit"],
     )
-    rank: int = _flag(TUNED, 4, "LoRA rank.")
-    lora_layers: str = _flag(
+    rank: int = flag(TUNED, 4, "LoRA rank.")
+    lora_layers: str = flag(
         TUNED,
         ",".join(LORA_TARGET_MODULES),
         "Comma-separated UNet modules LoRA adapts (peft target_modules, matched by name suffix), e.g. "
         '"attn2.to_k,attn2.to_v" for the cross-attention keys and values only, as Custom Diffusion tunes.',
     )
-    lora_alpha: float | None = _flag(TUNED, None, "LoRA alpha (default: the rank, scale 1).")
-    use_dora: bool = _flag(TUNED, False, "Weight-decomposed LoRA (DoRA).")
+    lora_alpha: float | None = flag(TUNED, None, "LoRA alpha (default: the rank, scale 1).")
+    use_dora: bool = flag(TUNED, False, "Weight-decomposed LoRA (DoRA).")
     # the EDGE objective
-    denoise_weight: float = _flag(OBJECTIVE, _LOSS.denoise_weight, "Denoising MSE weight (0: released code).")
-    contrastive_weight: float = _flag(OBJECTIVE, _LOSS.contrastive_weight, "Weight of L_C.")
-    diversity_weight: float = _flag(OBJECTIVE, _LOSS.diversity_weight, "Weight of L_D (paper: lambda = 1).")
-    temperature: float = _flag(OBJECTIVE, _LOSS.temperature, "L_C temperature.")
-    snr_gamma: float | None = _flag(
+    denoise_weight: float = flag(OBJECTIVE, _LOSS.denoise_weight, "Denoising MSE weight (0: released code).")
+    contrastive_weight: float = flag(OBJECTIVE, _LOSS.contrastive_weight, "Weight of L_C.")
+    diversity_weight: float = flag(OBJECTIVE, _LOSS.diversity_weight, "Weight of L_D (paper: lambda = 1).")
+    temperature: float = flag(OBJECTIVE, _LOSS.temperature, "L_C temperature.")
+    snr_gamma: float | None = flag(
         OBJECTIVE,
         _LOSS.snr_gamma,
         "Min-SNR weighting of the denoising MSE (arXiv 2303.09556); 5.0 is the recommended value. Default: off.",
     )
-    noise_offset: float = _flag(OBJECTIVE, _LOSS.noise_offset, "Scale of offset noise (0: off).")
-    prediction_type: str | None = _flag(
+    noise_offset: float = flag(OBJECTIVE, _LOSS.noise_offset, "Scale of offset noise (0: off).")
+    prediction_type: str | None = flag(
         OBJECTIVE,
         None,
         "Train for this prediction type (default: the scheduler's prediction_type).",
         choices=["epsilon", "v_prediction"],
     )
-    loss_max_timestep: int = _flag(
+    loss_max_timestep: int = flag(
         OBJECTIVE,
         _LOSS.loss_max_timestep,
         "Only samples at timestep <= this enter the CLIP losses (>= 999: all, as the released code).",
     )
-    clip_batch_size: int | None = _flag(
+    clip_batch_size: int | None = flag(
         OBJECTIVE, _LOSS.clip_batch_size, "Cap on the CLIP losses' sub-batch (memory)."
     )
-    clip_loss_inputs: str = _flag(
+    clip_loss_inputs: str = flag(
         OBJECTIVE,
         _LOSS.clip_loss_inputs,
         "What L_C/L_D see: one-step x0 of the noisy batch (paper) or the model's own samples from noise.",
         choices=CLIP_LOSS_INPUTS,
     )
-    rollout_steps: int = _flag(OBJECTIVE, _LOSS.rollout_steps, "DDIM steps of a rollout (rollout inputs).")
-    rollout_guidance_scale: float = _flag(
+    rollout_steps: int = flag(OBJECTIVE, _LOSS.rollout_steps, "DDIM steps of a rollout (rollout inputs).")
+    rollout_guidance_scale: float = flag(
         OBJECTIVE, _LOSS.rollout_guidance_scale, "Classifier-free guidance of a rollout."
     )
-    loss_resolution: int | None = _flag(
+    loss_resolution: int | None = flag(
         OBJECTIVE, _LOSS.loss_resolution, "Decode x0 at this side for the CLIP losses (memory)."
     )
-    caption_dropout: float = _flag(
+    caption_dropout: float = flag(
         OBJECTIVE, 0.1, "Fraction of captions replaced by '' for the UNet (keeps classifier-free guidance working)."
     )
     # checkpoints, logging, validation, Hub
-    output_dir: str = _flag(OUTPUT, "edge-lora", "Where weights, checkpoints and logs go.")
-    logging_dir: str = _flag(OUTPUT, "logs", "Tracker folder, relative to output_dir.")
-    report_to: str = _flag(
+    output_dir: str = flag(OUTPUT, "edge-lora", "Where weights, checkpoints and logs go.")
+    logging_dir: str = flag(OUTPUT, "logs", "Tracker folder, relative to output_dir.")
+    report_to: str = flag(
         OUTPUT,
         "tensorboard",
         "Accelerate tracker(s), comma-separated: tensorboard (default, skipped when not installed), wandb, "
         "comet_ml, mlflow, ...; 'all' (every installed one) or 'none'.",
     )
-    tracker_project_name: str = _flag(OUTPUT, "diffusers-edge")
-    checkpointing_steps: int = _flag(OUTPUT, 500, "Save a resumable state every N steps.")
-    checkpoints_total_limit: int | None = _flag(OUTPUT, None, "Keep at most N checkpoints.")
-    resume_from_checkpoint: str | None = _flag(OUTPUT, None, "A checkpoint folder, or 'latest' in output_dir.")
-    validation_prompt: str | None = _flag(OUTPUT, None, "Prompt for validation images.")
-    num_validation_images: int = _flag(OUTPUT, 4)
-    validation_epochs: int = _flag(OUTPUT, 1, "Validate every N epochs (and at the end).")
-    num_validation_inference_steps: int = _flag(OUTPUT, 30)
-    validation_guidance_scale: float = _flag(OUTPUT, 7.5)
-    push_to_hub: bool = _flag(OUTPUT, False, "Upload output_dir to the Hub at the end.")
-    hub_model_id: str | None = _flag(OUTPUT, None, "Hub repo (default: the output_dir name).")
-    hub_token: str | None = _flag(OUTPUT, None, "Token for --push_to_hub (default: the logged-in one).")
+    tracker_project_name: str = flag(OUTPUT, "diffusers-edge")
+    checkpointing_steps: int = flag(OUTPUT, 500, "Save a resumable state every N steps.")
+    checkpoints_total_limit: int | None = flag(OUTPUT, None, "Keep at most N checkpoints.")
+    resume_from_checkpoint: str | None = flag(OUTPUT, None, "A checkpoint folder, or 'latest' in output_dir.")
+    validation_prompt: str | None = flag(OUTPUT, None, "Prompt for validation images.")
+    num_validation_images: int = flag(OUTPUT, 4)
+    validation_epochs: int = flag(OUTPUT, 1, "Validate every N epochs (and at the end).")
+    num_validation_inference_steps: int = flag(OUTPUT, 30)
+    validation_guidance_scale: float = flag(OUTPUT, 7.5)
+    push_to_hub: bool = flag(OUTPUT, False, "Upload output_dir to the Hub at the end.")
+    hub_model_id: str | None = flag(OUTPUT, None, "Hub repo (default: the output_dir name).")
+    hub_token: str | None = flag(OUTPUT, None, "Token for --push_to_hub (default: the logged-in one).")
 
     def loss_config(self) -> EDGELossConfig:
         """The objective's options: this config's fields that `EDGELossConfig` has.
@@ -236,7 +228,7 @@ class TrainingConfig:
             if config_field.default is not MISSING and value == config_field.default:
                 continue
             flag = f"--{config_field.name}"
-            if _flag_type(config_field) is bool:
+            if flag_type(TrainingConfig, config_field) is bool:
                 if value is not True:
                     raise ValueError(f"TrainingConfig.{config_field.name}={value!r} cannot be written as {flag}.")
                 argv.append(flag)
@@ -248,17 +240,6 @@ class TrainingConfig:
         return argv
 
 
-def _flag_type(config_field: Field) -> type:
-    """The type a field's flag parses to: its annotation without `| None` (`bool`: a `store_true` flag)."""
-    hint = _type_hints()[config_field.name]
-    if isinstance(hint, types.UnionType):
-        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    return hint
-
-
-@functools.cache
-def _type_hints() -> dict[str, Any]:
-    return typing.get_type_hints(TrainingConfig)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -273,23 +254,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         4
     """
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for config_field in fields(TrainingConfig):
-        meta = config_field.metadata
-        if meta["group"] not in groups:
-            groups[meta["group"]] = parser.add_argument_group(meta["group"])
-        flag, kind = f"--{config_field.name}", _flag_type(config_field)
-        if kind is bool:
-            groups[meta["group"]].add_argument(flag, action="store_true", help=meta["help"])
-            continue
-        options: dict[str, Any] = {"type": kind, "help": meta["help"]}
-        if config_field.default is MISSING:
-            options["required"] = True
-        else:
-            options["default"] = config_field.default
-        if meta["choices"] is not None:
-            options["choices"] = meta["choices"]
-        groups[meta["group"]].add_argument(flag, **options)
+    add_flags(parser, TrainingConfig)
     return parser
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...evaluation.protocol import ProtocolConfig, protocol_config
+from ...flags import flag
 from ...training.config import TrainingConfig
 from ...training.objective import CLIP_LOSS_INPUTS, EDGELossConfig
 from ..stack import STACK_FOLDERS, shapes_stack_path
@@ -45,6 +46,9 @@ ROW_NOTES = {
 @dataclass
 class DemoConfig:
     """Every setting of the demo (the defaults are the ~7-minute CPU run; `quick_preset` the smoke run).
+
+    Each field but `quick` is a flag of `diffusers-edge demo` (`diffusers_edge.flags`: its help text rides on the
+    field, and `diffusers-edge demo --help` quotes the defaults written here).
 
     Attributes:
         output_dir: where `report.md`, `results.json`, `samples.png` and `sets/` go.
@@ -90,41 +94,68 @@ class DemoConfig:
         quick: marks a smoke run in the report.
     """
 
-    output_dir: str = "edge-demo"
-    shapes_config: str = "scenes"
-    cache_dir: str | None = None
-    pretrained_model_name_or_path: str | None = None
-    budgets: list[int] = field(default_factory=lambda: [100, 200])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    generation_seeds: list[int] = field(default_factory=lambda: [0])
-    ablations: bool = False
-    max_train_steps: int = 100
-    train_batch_size: int = 32
-    learning_rate: float = 5e-4
-    rank: int = TrainingConfig.rank
-    lora_layers: str | None = None
-    contrastive_weight: float = EDGELossConfig.contrastive_weight
-    diversity_weight: float = EDGELossConfig.diversity_weight
-    denoise_weight: float = EDGELossConfig.denoise_weight
-    loss_max_timestep: int = EDGELossConfig.loss_max_timestep
-    clip_loss_inputs: str = EDGELossConfig.clip_loss_inputs
-    clip_batch_size: int | None = None
-    rollout_guidance_scale: float = TrainingConfig.rollout_guidance_scale
-    num_inference_steps: int = 10
-    guidance_scale: float = 3.0
-    captions_per_image: int = 2
-    student_epochs: int = 20
-    student_batch_size: int = 32
-    student_eval_every: int = 5
-    student_lr: float = 0.1
-    student_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    student_pretrained: bool | None = None
-    test_images: int = 500
-    full_images: int = 5000
-    full_epochs: int = 1
-    num_threads: int | None = 1
-    device: str | None = None
-    progress: bool = True
+    output_dir: str = flag(default="edge-demo", help="where report.md, results.json, ... go")
+    shapes_config: str = flag(
+        default="scenes", help="the captioned-shapes world and its stack", choices=tuple(STACK_FOLDERS)
+    )
+    cache_dir: str | None = flag(default=None, help="data and cached embeddings (default: OUTPUT_DIR/cache)")
+    pretrained_model_name_or_path: str | None = flag(
+        default=None, help="Stable Diffusion folder the generators start from (default: the stack's)"
+    )
+    budgets: list[int] = flag(default_factory=lambda: [100, 200], help="distilled-set sizes in pairs")
+    seeds: list[int] = flag(default_factory=lambda: [0, 1, 2], help="student seeds")
+    generation_seeds: list[int] = flag(
+        default_factory=lambda: [0], help="one fine-tune, prompt draw and image set per seed"
+    )
+    ablations: bool = flag(
+        default=False, help="also fine-tune without L_C and without L_D (rows 'EDGE w/o L_C', 'EDGE w/o L_D')"
+    )
+    # the fine-tune's settings carry the training flags' names; the demo's earlier names stay accepted
+    max_train_steps: int = flag(default=100, help="EDGE fine-tuning steps", aliases=["--train_steps"])
+    train_batch_size: int = flag(default=32, help="fine-tuning batch")
+    learning_rate: float = flag(default=5e-4, help="LoRA learning rate")
+    rank: int = flag(default=TrainingConfig.rank, help="LoRA rank", aliases=["--lora_rank"])
+    lora_layers: str | None = flag(
+        default=None,
+        help="UNet modules LoRA adapts, comma-separated (default: every attention projection; "
+        "attn2.to_k,attn2.to_v: cross-attention keys and values)",
+    )
+    contrastive_weight: float = flag(default=EDGELossConfig.contrastive_weight, help="weight of L_C")
+    diversity_weight: float = flag(default=EDGELossConfig.diversity_weight, help="weight of L_D")
+    denoise_weight: float = flag(default=EDGELossConfig.denoise_weight, help="weight of the denoising MSE")
+    loss_max_timestep: int = flag(default=EDGELossConfig.loss_max_timestep, help="timesteps entering L_C/L_D")
+    clip_loss_inputs: str = flag(
+        default=EDGELossConfig.clip_loss_inputs,
+        help="what L_C/L_D see: one-step x0 of noisy train latents or 4-step samples",
+        choices=CLIP_LOSS_INPUTS,
+    )
+    clip_batch_size: int | None = flag(default=None, help="samples per batch in L_C/L_D at most (default: all)")
+    rollout_guidance_scale: float = flag(
+        default=TrainingConfig.rollout_guidance_scale,
+        help="classifier-free guidance of the fine-tune's rollouts (with --clip_loss_inputs rollout)",
+    )
+    num_inference_steps: int = flag(default=10, help="DDIM steps per generated image", aliases=["--inference_steps"])
+    guidance_scale: float = flag(default=3.0, help="classifier-free guidance of the generators")
+    captions_per_image: int = flag(default=2, help="captions per EDGE image")
+    student_epochs: int = flag(default=20, help="student epochs on budget-size sets")
+    student_batch_size: int = flag(default=32, help="student batch")
+    student_eval_every: int = flag(default=5, help="evaluate every N epochs")
+    student_lr: float = flag(default=0.1, help="student SGD learning rate")
+    student_channels: list[int] = flag(
+        default_factory=lambda: [16, 32, 64, 128], help="resnet10t widths of a randomly initialised student", nargs=4
+    )
+    student_pretrained: bool | None = flag(
+        default=None,
+        help="start the student's image encoder from random weights instead of the stack's pretrained one (scenes "
+        "ships one; one_object does not)",
+        off_flag="--no_student_pretrained",
+    )
+    test_images: int = flag(default=500, help="test images scored (first N of 1000)")
+    full_images: int = flag(default=5000, help="train images of the full-split reference")
+    full_epochs: int = flag(default=1, help="epochs of the full-split reference")
+    num_threads: int | None = flag(default=1, help="torch CPU threads (1: fastest on a loaded CPU)")
+    device: str | None = flag(default=None, help="cpu or cuda (default: cuda when available)")
+    progress: bool = flag(default=True, help="hide progress bars (stage lines stay)", off_flag="--no_progress")
     quick: bool = False
 
     def __post_init__(self) -> None:
