@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--captions_per_image", default="1", help="captions kept per baseline image: a number or `all` (default 1)"
     )
-    parser.add_argument("--clip_model", default=DEFAULT_CLIP_MODEL, help="CLIP model defining the coreset space")
+    parser.add_argument("--clip_model_name_or_path", "--clip_model", default=DEFAULT_CLIP_MODEL,
+                        help="CLIP model defining the coreset space (training's and distill's flag name)")
     parser.add_argument(
         "--coreset_seed", type=int, default=None,
         help="seed of the coreset selection (default: each run draws its coreset with its own training seed)",
@@ -138,7 +139,7 @@ def check_model_flags(args: argparse.Namespace) -> None:
     if args.image_encoder_checkpoint is not None and not Path(args.image_encoder_checkpoint).is_file():
         raise FileNotFoundError(f"--image_encoder_checkpoint {args.image_encoder_checkpoint!r} is not a file.")
     if args.baseline not in (None, "random", "full"):
-        check_model_reference(args.clip_model, "--clip_model")
+        check_model_reference(args.clip_model_name_or_path, "--clip_model_name_or_path")
 
 
 def training_set(args: argparse.Namespace) -> tuple[str, datasets.Dataset | Callable[[int], datasets.Dataset]]:
@@ -161,7 +162,7 @@ def training_set(args: argparse.Namespace) -> tuple[str, datasets.Dataset | Call
     embeddings = None
     if args.baseline != "random":  # computed once, shared by every seed's draw
         need_images = args.baseline == "forgetting" or args.space != "text"
-        embeddings = embed_pool(pool, args.clip_model, device=args.device, need_images=need_images)
+        embeddings = embed_pool(pool, args.clip_model_name_or_path, device=args.device, need_images=need_images)
 
     def draw(seed: int) -> datasets.Dataset:
         return select_coreset(
@@ -170,7 +171,7 @@ def training_set(args: argparse.Namespace) -> tuple[str, datasets.Dataset | Call
             args.num_pairs,
             space=args.space,
             captions_per_image=keep,
-            clip_model=args.clip_model,
+            clip_model=args.clip_model_name_or_path,
             seed=seed if args.coreset_seed is None else args.coreset_seed,
             device=args.device,
             forgetting_epochs=args.forgetting_epochs,
