@@ -14,7 +14,7 @@ from diffusers_edge.commands.demo import build_parser, config_from_args, main
 from diffusers_edge.evaluation.report import results_table
 from diffusers_edge.shapes.demo.config import DemoConfig
 from diffusers_edge.shapes.demo.report import finite_numbers
-from diffusers_edge.shapes.demo.run import StudentEvaluator, _finetune_config
+from diffusers_edge.shapes.demo.run import StudentEvaluator
 from diffusers_edge.training import EDGELossConfig, TrainingConfig
 
 RECALL_KEYS = ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "r_mean")
@@ -56,9 +56,9 @@ def test_config_flags_override_the_quick_preset_and_bad_values_raise():
         DemoConfig(clip_loss_inputs="two_step")
     assert config_from_args(build_parser().parse_args(["--clip_loss_inputs", "rollout"])).clip_loss_inputs == "rollout"
     flags = ["--lora_layers", "attn2.to_k,attn2.to_v", "--clip_batch_size", "8", "--rollout_guidance_scale", "2"]
-    tuned = _finetune_config(config_from_args(build_parser().parse_args(flags)), Path("out"))
+    tuned = config_from_args(build_parser().parse_args(flags)).training_config(Path("out"))
     assert (tuned.lora_layers, tuned.clip_batch_size, tuned.rollout_guidance_scale) == ("attn2.to_k,attn2.to_v", 8, 2)
-    plain = _finetune_config(DemoConfig(), Path("out"))
+    plain = DemoConfig().training_config(Path("out"))
     assert plain.lora_layers == "to_k,to_q,to_v,to_out.0" and plain.clip_batch_size is None  # the training defaults
     assert plain.rollout_guidance_scale == DemoConfig().guidance_scale == 3.0  # the numbers of earlier demo runs
     assert (plain.resolution, plain.train_batch_size, plain.max_train_steps, plain.rank) == (32, 32, 100, 4)
@@ -83,7 +83,7 @@ def test_config_flags_override_the_quick_preset_and_bad_values_raise():
     assert checkpoint.name == "model.safetensors" and checkpoint.is_file() and kwargs["channels"] == [16, 32, 64, 128]
     random_init = config_from_args(build_parser().parse_args(["--no_student_pretrained"]))
     assert random_init.student_encoder()[2] is None
-    ablation = _finetune_config(DemoConfig(), Path("out"), seed=7, weights={"contrastive_weight": 0.0})
+    ablation = DemoConfig().training_config(Path("out"), seed=7, weights={"contrastive_weight": 0.0})
     assert (ablation.contrastive_weight, ablation.diversity_weight, ablation.seed) == (0.0, 1.0, 7)
     assert "--contrastive_weight 0.0" in " ".join(ablation.to_argv())  # the command the demo records
     assert list(finite_numbers({"a": [1, {"b": 2.5}], "c": "x", "d": True})) == [1.0, 2.5]
@@ -98,7 +98,7 @@ def test_demo_settings_share_the_training_names_and_defaults():
     old = config_from_args(build_parser().parse_args("--train_steps 7 --lora_rank 2 --inference_steps 3".split()))
     new = config_from_args(build_parser().parse_args("--max_train_steps 7 --rank 2 --num_inference_steps 3".split()))
     assert old == new and (new.max_train_steps, new.rank, new.num_inference_steps) == (7, 2, 3)
-    assert (_finetune_config(new, Path("out")).max_train_steps, _finetune_config(new, Path("out")).rank) == (7, 2)
+    assert (new.training_config(Path("out")).max_train_steps, new.training_config(Path("out")).rank) == (7, 2)
     # the help quotes the defaults DemoConfig holds, not copies of them
     helps = {action.dest: action.help for action in build_parser()._actions}
     assert helps["max_train_steps"].endswith(f"(default {demo.max_train_steps})")

@@ -235,6 +235,46 @@ class DemoConfig:
                              "set student_pretrained=False (--no_student_pretrained).")
         return spec["model_name"], spec["kwargs"], self.stack("student-image-encoder") / spec["checkpoint"]
 
+    def training_config(
+        self, output_dir: str | Path, seed: int | None = None, weights: dict[str, float] | None = None
+    ) -> TrainingConfig:
+        """The `TrainingConfig` of the demo's EDGE fine-tune, built from these settings (no flags in between).
+
+        Args:
+            output_dir: where the LoRA weights go.
+            seed: the fine-tune's seed (default: the first generation seed).
+            weights: loss weights that replace this config's, e.g. `{"contrastive_weight": 0.0}` for an ablation.
+
+        Example:
+            >>> training = DemoConfig().training_config("edge-lora", seed=7, weights={"contrastive_weight": 0.0})
+            >>> training.max_train_steps, training.seed, training.contrastive_weight, training.loss_max_timestep
+            (100, 7, 0.0, 500)
+        """
+        weights = {
+            "contrastive_weight": self.contrastive_weight,
+            "diversity_weight": self.diversity_weight,
+            "denoise_weight": self.denoise_weight,
+        } | (weights or {})
+        optional = {"lora_layers": self.lora_layers, "clip_batch_size": self.clip_batch_size}
+        return TrainingConfig(
+            pretrained_model_name_or_path=self.stable_diffusion(),
+            clip_model_name_or_path=str(self.stack("clip")),
+            output_dir=str(output_dir),
+            resolution=32,
+            train_batch_size=self.train_batch_size,
+            max_train_steps=self.max_train_steps,
+            learning_rate=self.learning_rate,
+            rank=self.rank,
+            **weights,
+            loss_max_timestep=self.loss_max_timestep,
+            clip_loss_inputs=self.clip_loss_inputs,
+            **{name: value for name, value in optional.items() if value},  # unset: the training default
+            rollout_guidance_scale=self.rollout_guidance_scale,
+            seed=self.generation_seeds[0] if seed is None else seed,
+            checkpointing_steps=10**9,
+            report_to="none",
+        )
+
     def student_protocol(self, epochs: int) -> ProtocolConfig:
         """The student's protocol for a run of `epochs`: the LoRS schedule (x0.1 after epoch `epochs // 2 + 1`), no
         augmentation, with batch, learning rate and 32 px images sized for the CPU."""

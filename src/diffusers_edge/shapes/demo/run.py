@@ -45,7 +45,7 @@ from ...evaluation.evaluator import RetrievalEvaluator
 from ...evaluation.report import summarize_runs
 from ...pipeline_edge import EDGEPipeline
 from ...selection.coreset import PoolEmbeddings, embed_pool, select_coreset
-from ...training import TrainingConfig, check_args, train
+from ...training import check_args, train
 from ..dataset import load_captioned_shapes
 from ..judge import load_judge
 from .config import REAL_ROWS, SPLIT_ROW, DemoConfig
@@ -113,37 +113,6 @@ def _load_data(config: DemoConfig, cache: Path) -> datasets.DatasetDict:
     )
 
 
-def _finetune_config(
-    config: DemoConfig, output_dir: Path, seed: int | None = None, weights: dict[str, float] | None = None
-) -> TrainingConfig:
-    """The `TrainingConfig` of the demo's fine-tune (`seed`: the first generation seed unless given; `weights`: loss
-    weights that replace the config's, e.g. `{"contrastive_weight": 0.0}` for an ablation)."""
-    weights = {
-        "contrastive_weight": config.contrastive_weight,
-        "diversity_weight": config.diversity_weight,
-        "denoise_weight": config.denoise_weight,
-    } | (weights or {})
-    optional = {"lora_layers": config.lora_layers, "clip_batch_size": config.clip_batch_size}
-    return TrainingConfig(
-        pretrained_model_name_or_path=config.stable_diffusion(),
-        clip_model_name_or_path=str(config.stack("clip")),
-        output_dir=str(output_dir),
-        resolution=32,
-        train_batch_size=config.train_batch_size,
-        max_train_steps=config.max_train_steps,
-        learning_rate=config.learning_rate,
-        rank=config.rank,
-        **weights,
-        loss_max_timestep=config.loss_max_timestep,
-        clip_loss_inputs=config.clip_loss_inputs,
-        **{name: value for name, value in optional.items() if value},  # unset: the training default
-        rollout_guidance_scale=config.rollout_guidance_scale,
-        seed=config.generation_seeds[0] if seed is None else seed,
-        checkpointing_steps=10**9,
-        report_to="none",
-    )
-
-
 def _finetune(
     config: DemoConfig,
     train_split: datasets.Dataset,
@@ -151,7 +120,7 @@ def _finetune(
     seed: int | None = None,
     weights: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    training_config = _finetune_config(config, output_dir, seed, weights)
+    training_config = config.training_config(output_dir, seed, weights)
     check_args(training_config)
     result = train(training_config, dataset=train_split)
     return {
