@@ -12,6 +12,7 @@ MODULES = [
     "diffusers_edge.clip_features",
     "diffusers_edge.serialization",
     "diffusers_edge.flags",
+    "diffusers_edge.lazy_imports",
     "diffusers_edge.data.format",
     "diffusers_edge.selection.algorithms",
     "diffusers_edge.training.objective",

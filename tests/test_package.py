@@ -27,6 +27,32 @@ def test_import_is_cheap_and_lazy():
     assert out[1].strip() == "[]", f"importing diffusers_edge pulled in heavy modules: {out[1]}"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        # the settings of a run, read without the libraries the run itself needs
+        ("diffusers_edge.training.config", ("diffusers", "accelerate", "datasets", "peft")),
+        ("diffusers_edge.evaluation.protocol", ("timm", "transformers", "datasets")),
+        ("diffusers_edge.shapes.demo.config", ("diffusers", "accelerate", "datasets", "peft")),
+    ],
+)
+def test_subpackages_hand_on_names_lazily(module, absent):
+    code = f"import sys, {module}; print([m for m in {absent!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"importing {module} pulled in {out}"
+
+
+@pytest.mark.parametrize("package", ["diffusers_edge.training", "diffusers_edge.evaluation"])
+def test_subpackage_names_resolve_and_unknown_ones_raise(package):
+    module = importlib.import_module(package)
+    assert set(module.__all__) <= set(dir(module))
+    for name in module.__all__:
+        assert getattr(module, name) is getattr(importlib.import_module(module._EXPORTS[name], package), name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        module.no_such_name  # noqa: B018
+
+
 @pytest.mark.parametrize("name", [n for n in diffusers_edge.__all__ if n != "__version__"])
 def test_every_public_name_resolves(name):
     defined = getattr(importlib.import_module(diffusers_edge._LAZY_NAMES[name]), name)

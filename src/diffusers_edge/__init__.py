@@ -6,8 +6,9 @@ transformers, datasets) load only when a name that needs them is first used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy_imports import lazy_exports
 
 __version__ = "0.1.0.dev0"
 
@@ -76,16 +77,7 @@ _LAZY_NAMES: dict[str, str] = {
 __all__ = ["__version__", *_LAZY_NAMES]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY_NAMES:
-        raise AttributeError(f"module 'diffusers_edge' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY_NAMES)
 
 
 if TYPE_CHECKING:

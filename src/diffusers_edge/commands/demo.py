@@ -57,10 +57,11 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:  # noqa: F821 - im
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `diffusers-edge demo`; prints where the report is and the EDGE-vs-plain line per budget."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config = config_from_args(build_parser().parse_args(argv))  # checked before the heavy import below
+
     from ..shapes.demo.run import run_demo
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    config = config_from_args(build_parser().parse_args(argv))
     results = run_demo(config)
     for budget, c in results["comparison"].items():
         edge, plain = c["EDGE r_mean (last)"], c["plain generation r_mean (last)"]

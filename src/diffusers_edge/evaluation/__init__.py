@@ -11,40 +11,47 @@ Example:
     >>> print(results_table([("distilled", results)]))
 """
 
-from .evaluator import RetrievalEvaluator, evaluate_dataset
-from .pairs import PairSet, prepare_pairs
-from .protocol import PROTOCOLS, ProtocolConfig, protocol_config
-from .report import results_table, summarize
-from .student import (
-    CLIP_MEAN,
-    CLIP_STD,
-    DEFAULT_LOGIT_SCALE,
-    FrozenTextEncoder,
-    ProjectionHead,
-    RetrievalStudent,
-    build_image_encoder,
-    contrastive_loss,
-)
-from .trainer import evaluate_student, train_student
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "DEFAULT_LOGIT_SCALE",
-    "PROTOCOLS",
-    "FrozenTextEncoder",
-    "PairSet",
-    "ProjectionHead",
-    "ProtocolConfig",
-    "RetrievalEvaluator",
-    "RetrievalStudent",
-    "build_image_encoder",
-    "contrastive_loss",
-    "evaluate_dataset",
-    "evaluate_student",
-    "prepare_pairs",
-    "protocol_config",
-    "results_table",
-    "summarize",
-    "train_student",
-]
+from ..lazy_imports import lazy_exports
+
+_EXPORTS = {
+    "RetrievalEvaluator": ".evaluator",
+    "evaluate_dataset": ".evaluator",
+    "PairSet": ".pairs",
+    "prepare_pairs": ".pairs",
+    "PROTOCOLS": ".protocol",
+    "ProtocolConfig": ".protocol",
+    "protocol_config": ".protocol",
+    "results_table": ".report",
+    "summarize": ".report",
+    "CLIP_MEAN": ".student",
+    "CLIP_STD": ".student",
+    "DEFAULT_LOGIT_SCALE": ".student",
+    "FrozenTextEncoder": ".student",
+    "ProjectionHead": ".student",
+    "RetrievalStudent": ".student",
+    "build_image_encoder": ".student",
+    "contrastive_loss": ".student",
+    "evaluate_student": ".trainer",
+    "train_student": ".trainer",
+}
+__all__ = [*_EXPORTS]
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+
+if TYPE_CHECKING:
+    from .evaluator import RetrievalEvaluator, evaluate_dataset
+    from .pairs import PairSet, prepare_pairs
+    from .protocol import PROTOCOLS, ProtocolConfig, protocol_config
+    from .report import results_table, summarize
+    from .student import (
+        CLIP_MEAN,
+        CLIP_STD,
+        DEFAULT_LOGIT_SCALE,
+        FrozenTextEncoder,
+        ProjectionHead,
+        RetrievalStudent,
+        build_image_encoder,
+        contrastive_loss,
+    )
+    from .trainer import evaluate_student, train_student
