@@ -241,49 +241,6 @@ def describe_selection(selection: str | Callable[[list[str], int, int], Sequence
     return selection if isinstance(selection, str) else _describe_callable(selection)
 
 
-def _check_manifest(output_dir: Path, old: dict[str, Any], manifest: dict[str, Any]) -> None:
-    """Refuses to mix sets: raises naming the first argument that differs from the folder's manifest `old`."""
-    for key in [*manifest, *(k for k in old if k not in manifest)]:  # the call's own arguments come first
-        if old.get(key) != manifest.get(key):
-            raise ValueError(
-                f"{str(output_dir)!r} holds a distilled set made with {key}={old.get(key)!r}, but this call has "
-                f"{key}={manifest.get(key)!r}. Use another output_dir, or resume=False to discard it and start over."
-            )
-
-
-def _check_output_dir(output_dir: Path, has_manifest: bool) -> None:
-    """Refuses a file, or a folder that holds anything but a set distill began (`edge_manifest.json` present).
-
-    A folder with only a plan or partial files (a run killed before it wrote its manifest) counts as empty.
-    """
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output_dir {str(output_dir)!r} is a file, not a folder.")
-    if has_manifest or not output_dir.is_dir():
-        return
-    others = sorted(p.name for p in output_dir.iterdir() if p.name not in (layout.PLAN_NAME, layout.TMP_DIR))
-    if others:
-        listed = others[:5] + ([f"... {len(others) - 5} more"] if len(others) > 5 else [])
-        raise ValueError(
-            f"output_dir {str(output_dir)!r} is not empty and holds no distilled set begun by distill (no "
-            f"{layout.MANIFEST_NAME}); it holds {listed}. distill writes only into an empty folder or one it wrote "
-            "itself, so nothing there was changed: choose another (or an empty) output_dir."
-        )
-
-
-def _clear_set(output_dir: Path) -> None:
-    """Removes what a previous distill wrote in `output_dir`; the caller has checked that every file is ours.
-
-    The manifest goes last, so a clear interrupted half-way still leaves a folder recognised as ours.
-    """
-    for path in layout.set_files(output_dir):
-        path.unlink()
-        (output_dir / layout.RECORDS_DIR / f"{path.name}.json").unlink(missing_ok=True)
-    shutil.rmtree(output_dir / layout.RECORDS_DIR, ignore_errors=True)
-    shutil.rmtree(output_dir / layout.TMP_DIR, ignore_errors=True)
-    (output_dir / layout.PLAN_NAME).unlink(missing_ok=True)
-    (output_dir / layout.MANIFEST_NAME).unlink()
-
-
 def check_arguments(
     num_pairs: int,
     output_dir: str | os.PathLike | None,
@@ -427,17 +384,17 @@ def _prepare_output(
     manifest = settings.manifest()
     has_manifest = (output_dir / layout.MANIFEST_NAME).is_file()
     # every process checks the folder as it was and raises the same error, so none waits forever
-    _check_output_dir(output_dir, has_manifest)
+    layout.check_output_dir(output_dir, has_manifest)
     if has_manifest:
         old = layout.read_manifest(output_dir)
         if resume:
-            _check_manifest(output_dir, old, manifest)  # the files themselves are checked by finished_shards
+            layout.check_manifest(output_dir, old, manifest)  # the files themselves are checked by finished_shards
         else:
             layout.check_owned(output_dir, layout.run_id(old), "discard the set (resume=False)")
     state.wait_for_everyone()
     if state.is_main_process:
         if has_manifest and not resume:
-            _clear_set(output_dir)
+            layout.clear_set(output_dir)
         shutil.rmtree(output_dir / layout.TMP_DIR, ignore_errors=True)  # partial shards of a killed run
         if not (resume and has_manifest):
             output_dir.mkdir(parents=True, exist_ok=True)

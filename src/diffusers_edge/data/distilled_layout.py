@@ -18,7 +18,9 @@ came from, or null).
 
 distill writes every shard and the card through a temporary file and `os.replace`, recording its SHA-256 and the
 run's `run_id` first, so that a resumed run (`finished_shards`) or a reader (`check_complete`) counts a file as part
-of the set only when the run's own record says so and the bytes still match.
+of the set only when the run's own record says so and the bytes still match. Before writing, distill refuses a
+folder that holds anything it did not begin (`check_output_dir`) and a set made with other arguments
+(`check_manifest`), and `clear_set` removes only what a previous run recorded as its own.
 
 Example:
     >>> shard_path("flickr-edge-500", 0, 4).as_posix()
@@ -34,6 +36,7 @@ import io
 import json
 import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -311,3 +314,46 @@ def all_shards(output_dir: Path) -> list[Path]:
         names = [p.name for p in shards]
         raise ValueError(f"{str(output_dir)!r} holds an incomplete or mixed set of shards: {names}.")
     return shards
+
+
+def check_manifest(output_dir: Path, old: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Refuses to mix sets: raises naming the first argument that differs from the folder's manifest `old`."""
+    for key in [*manifest, *(k for k in old if k not in manifest)]:  # the call's own arguments come first
+        if old.get(key) != manifest.get(key):
+            raise ValueError(
+                f"{str(output_dir)!r} holds a distilled set made with {key}={old.get(key)!r}, but this call has "
+                f"{key}={manifest.get(key)!r}. Use another output_dir, or resume=False to discard it and start over."
+            )
+
+
+def check_output_dir(output_dir: Path, has_manifest: bool) -> None:
+    """Refuses a file, or a folder that holds anything but a set distill began (`edge_manifest.json` present).
+
+    A folder with only a plan or partial files (a run killed before it wrote its manifest) counts as empty.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir {str(output_dir)!r} is a file, not a folder.")
+    if has_manifest or not output_dir.is_dir():
+        return
+    others = sorted(p.name for p in output_dir.iterdir() if p.name not in (PLAN_NAME, TMP_DIR))
+    if others:
+        listed = others[:5] + ([f"... {len(others) - 5} more"] if len(others) > 5 else [])
+        raise ValueError(
+            f"output_dir {str(output_dir)!r} is not empty and holds no distilled set begun by distill (no "
+            f"{MANIFEST_NAME}); it holds {listed}. distill writes only into an empty folder or one it wrote "
+            "itself, so nothing there was changed: choose another (or an empty) output_dir."
+        )
+
+
+def clear_set(output_dir: Path) -> None:
+    """Removes what a previous distill wrote in `output_dir`; the caller has checked that every file is ours.
+
+    The manifest goes last, so a clear interrupted half-way still leaves a folder recognised as ours.
+    """
+    for path in set_files(output_dir):
+        path.unlink()
+        (output_dir / RECORDS_DIR / f"{path.name}.json").unlink(missing_ok=True)
+    shutil.rmtree(output_dir / RECORDS_DIR, ignore_errors=True)
+    shutil.rmtree(output_dir / TMP_DIR, ignore_errors=True)
+    (output_dir / PLAN_NAME).unlink(missing_ok=True)
+    (output_dir / MANIFEST_NAME).unlink()
