@@ -15,27 +15,19 @@ from typing import TYPE_CHECKING
 
 from ..lazy_imports import lazy_exports
 
-_EXPORTS = {
-    "RetrievalEvaluator": ".evaluator",
-    "evaluate_dataset": ".evaluator",
-    "PairSet": ".pairs",
-    "prepare_pairs": ".pairs",
-    "PROTOCOLS": ".protocol",
-    "ProtocolConfig": ".protocol",
-    "protocol_config": ".protocol",
-    "results_table": ".report",
-    "summarize": ".report",
-    "CLIP_MEAN": ".student",
-    "CLIP_STD": ".student",
-    "DEFAULT_LOGIT_SCALE": ".student",
-    "FrozenTextEncoder": ".student",
-    "ProjectionHead": ".student",
-    "RetrievalStudent": ".student",
-    "build_image_encoder": ".student",
-    "contrastive_loss": ".student",
-    "evaluate_student": ".trainer",
-    "train_student": ".trainer",
+# submodule -> the names this package hands on from it (imported at first use)
+_SUBMODULES = {
+    ".evaluator": ("RetrievalEvaluator", "evaluate_dataset"),
+    ".pairs": ("PairSet", "prepare_pairs"),
+    ".protocol": ("PROTOCOLS", "ProtocolConfig", "protocol_config"),
+    ".report": ("results_table", "summarize"),
+    ".student": (
+        "CLIP_MEAN", "CLIP_STD", "DEFAULT_LOGIT_SCALE", "FrozenTextEncoder", "ProjectionHead", "RetrievalStudent",
+        "build_image_encoder", "contrastive_loss",
+    ),
+    ".trainer": ("evaluate_student", "train_student"),
 }
+_EXPORTS = {name: module for module, names in _SUBMODULES.items() for name in names}
 __all__ = [*_EXPORTS]
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 

@@ -25,51 +25,28 @@ from typing import TYPE_CHECKING
 
 from ..lazy_imports import lazy_exports
 
-_EXPORTS = {
-    "DIFFFIT_WEIGHT_NAME": ".adapters",
-    "LORA_TARGET_MODULES": ".adapters",
-    "LORA_WEIGHT_NAME": ".adapters",
-    "add_trainable_parameters": ".adapters",
-    "check_finite": ".adapters",
-    "difffit_parameters": ".adapters",
-    "load_difffit_weights": ".adapters",
-    "load_lora_into_unet": ".adapters",
-    "save_difffit": ".adapters",
-    "save_lora": ".adapters",
-    "CHECKPOINT_PATTERN": ".checkpoints",
-    "PARTIAL_SUFFIX": ".checkpoints",
-    "checkpoint_problem": ".checkpoints",
-    "checkpoint_step": ".checkpoints",
-    "list_checkpoints": ".checkpoints",
-    "resolve_checkpoint": ".checkpoints",
-    "TrainingConfig": ".config",
-    "build_parser": ".config",
-    "check_args": ".config",
-    "parse_args": ".config",
-    "report_to_trackers": ".config",
-    "CAPTION_COLUMN_CANDIDATES": ".data",
-    "EDGECollator": ".data",
-    "EDGETrainItems": ".data",
-    "EpochBatchSampler": ".data",
-    "load_train_dataset": ".data",
-    "AccumulatedLoss": ".loop",
-    "TrainingResult": ".loop",
-    "check_model_flags": ".loop",
-    "check_training_finite": ".loop",
-    "train": ".loop",
-    "hub_base_model": ".model_card",
-    "push_training_output": ".model_card",
-    "save_model_card": ".model_card",
-    "CLIP_LOSS_INPUTS": ".objective",
-    "EDGELossConfig": ".objective",
-    "EDGELossOutput": ".objective",
-    "EDGEObjective": ".objective",
-    "check_clip_model": ".objective",
-    "clip_pixel_values": ".objective",
-    "empty_caption_states": ".objective",
-    "predict_x0": ".objective",
-    "rollout_latents": ".objective",
+# submodule -> the names this package hands on from it (imported at first use)
+_SUBMODULES = {
+    ".adapters": (
+        "DIFFFIT_WEIGHT_NAME", "LORA_TARGET_MODULES", "LORA_WEIGHT_NAME", "add_trainable_parameters", "check_finite",
+        "difffit_parameters", "load_difffit_weights", "load_lora_into_unet", "save_difffit", "save_lora",
+    ),
+    ".checkpoints": (
+        "CHECKPOINT_PATTERN", "PARTIAL_SUFFIX", "checkpoint_problem", "checkpoint_step", "list_checkpoints",
+        "resolve_checkpoint",
+    ),
+    ".config": ("TrainingConfig", "build_parser", "check_args", "parse_args", "report_to_trackers"),
+    ".data": (
+        "CAPTION_COLUMN_CANDIDATES", "EDGECollator", "EDGETrainItems", "EpochBatchSampler", "load_train_dataset",
+    ),
+    ".loop": ("AccumulatedLoss", "TrainingResult", "check_model_flags", "check_training_finite", "train"),
+    ".model_card": ("hub_base_model", "push_training_output", "save_model_card"),
+    ".objective": (
+        "CLIP_LOSS_INPUTS", "EDGELossConfig", "EDGELossOutput", "EDGEObjective", "check_clip_model",
+        "clip_pixel_values", "empty_caption_states", "predict_x0", "rollout_latents",
+    ),
 }
+_EXPORTS = {name: module for module, names in _SUBMODULES.items() for name in names}
 __all__ = [*_EXPORTS]
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
