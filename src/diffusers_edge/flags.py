@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import types
 import typing
 from collections.abc import Sequence
@@ -67,9 +68,14 @@ def flag_fields(cls: type) -> list[Field]:
     return [config_field for config_field in fields(cls) if "off_flag" in config_field.metadata]
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # resolves every annotation of the class: once per class, not per field
+
+
 def flag_type(cls: type, config_field: Field) -> type:
     """What a field's flag parses each value to: its annotation without `| None`, a list's item type, or `bool`."""
-    hint = typing.get_type_hints(cls)[config_field.name]
+    hint = _type_hints(cls)[config_field.name]
     if isinstance(hint, types.UnionType):
         (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
     if typing.get_origin(hint) is list:
@@ -78,7 +84,7 @@ def flag_type(cls: type, config_field: Field) -> type:
 
 
 def _is_list(cls: type, config_field: Field) -> bool:
-    return typing.get_origin(typing.get_type_hints(cls)[config_field.name]) is list
+    return typing.get_origin(_type_hints(cls)[config_field.name]) is list
 
 
 def _default(config_field: Field) -> Any:
