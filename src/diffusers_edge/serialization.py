@@ -24,7 +24,9 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int = 1, sort_keys: bool = True) -> None:
+def write_json_atomic(
+    path: str | os.PathLike, payload: Any, indent: int | None = 1, sort_keys: bool = True
+) -> None:
     """Writes `payload` as JSON to `path` via a temporary file and `os.replace`: readers see old or new, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")  # one per process: concurrent writers never share

@@ -45,6 +45,7 @@ import datasets
 import PIL.Image
 import pyarrow.parquet as pq
 
+from ..serialization import write_json_atomic
 from .format import IMAGE_COLUMN, NORMALIZED_FEATURES
 
 PROMPT_COLUMN = "prompt"
@@ -118,12 +119,9 @@ def write_record(output_dir: str | os.PathLike, name: str, file: str | os.PathLi
     Example:
         >>> write_record("out", "train-00000-of-00001.parquet", "out/.edge_tmp/train-00000.partial", run_id(manifest))
     """
-    output_dir = Path(output_dir)
-    record = _record_path(output_dir, name)
+    record = _record_path(Path(output_dir), name)
     record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps({"file": name, "sha256": file_sha256(file), "run": run}), encoding="utf-8")
-    os.replace(tmp, record)
+    write_json_atomic(record, {"file": name, "sha256": file_sha256(file), "run": run}, indent=None, sort_keys=False)
 
 
 def ownership_problem(output_dir: str | os.PathLike, path: str | os.PathLike, run: str | None) -> str | None:
