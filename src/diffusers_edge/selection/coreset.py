@@ -35,6 +35,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -103,13 +104,30 @@ def embed_pool(
     per_row = list(flat.split([len(row) for row in captions]))
     if not need_images:
         return PoolEmbeddings(None, per_row)
-    images = dataset.select_columns([IMAGE_COLUMN])
-    chunks = []
-    for start in range(0, dataset.num_rows, batch_size):
-        pixels = processor(images=images[start : start + batch_size][IMAGE_COLUMN], return_tensors="pt")
-        features = clip_features(model.get_image_features(pixel_values=pixels["pixel_values"].to(device)))
-        chunks.append(F.normalize(features.float(), dim=-1).cpu())
+    images = dataset.select_columns([IMAGE_COLUMN])  # decoded a batch at a time
+    chunks = [
+        embed_images(images[start : start + batch_size][IMAGE_COLUMN], model, processor, batch_size)
+        for start in range(0, dataset.num_rows, batch_size)
+    ]
     return PoolEmbeddings(torch.cat(chunks), per_row)
+
+
+@torch.inference_mode()
+def embed_images(images: Sequence[Any], clip_model: Any, clip_processor: Any, batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised CLIP image embeddings of PIL images, in order (float32, on the CPU); the image side of
+    `embed_captions`.
+
+    Example:
+        >>> embed_images(distilled["image"], model, processor).shape  # doctest: +SKIP
+        torch.Size([100, 512])
+    """
+    device = next(clip_model.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        pixels = clip_processor(images=list(images[start : start + batch_size]), return_tensors="pt")["pixel_values"]
+        features = clip_features(clip_model.get_image_features(pixel_values=pixels.to(device)))
+        out.append(F.normalize(features.float(), dim=-1).cpu())
+    return torch.cat(out)
 
 
 def _kept_positions(counts: list[int], captions_per_image: int | None, seed: int) -> list[list[int]]:

@@ -12,10 +12,9 @@ from typing import Any
 
 import datasets
 import numpy as np
-import torch
 
-from ...clip_features import clip_features
 from ...selection import embed_captions
+from ...selection.coreset import embed_images
 from ..judge import judge_images, read_scenes, score_claims, score_prompt_following
 from ..objects import parse_caption
 from ..scenes import SCENE_LABELS, claim_accuracy, scene_from_columns, unsaid_variety
@@ -38,11 +37,8 @@ def generation_diagnostics(
     else:
         diagnostics = _attribute_diagnostics(distilled, judge)
     model, processor = clip
-    with torch.inference_mode():
-        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
-        features = clip_features(model.get_image_features(pixel_values=pixels))
-        image_embeds = torch.nn.functional.normalize(features.float(), dim=-1)
-        text_embeds = embed_captions(prompts, model, processor)
+    image_embeds = embed_images(images, model, processor, batch_size=len(images))  # one batch, as before
+    text_embeds = embed_captions(prompts, model, processor)
     n = len(images)
     similarity = image_embeds @ image_embeds.T
     off_diagonal = (similarity.sum() - similarity.diagonal().sum()) / max(n * (n - 1), 1)
