@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPModel, CLIPProcessor
 
 from ...captioning import Captioner
+from ...data.distilled_layout import file_sha256
 from ...evaluation.evaluator import RetrievalEvaluator
 from ...evaluation.report import summarize_runs
 from ...pipeline_edge import EDGEPipeline
@@ -196,7 +197,7 @@ def _distill_sets(
 def _pool_embeddings(config: DemoConfig, train_split: datasets.Dataset, cache: Path, device: str) -> Any:
     """The tiny CLIP's embeddings of every train image and caption, cached as safetensors."""
     # the data is fixed per world (seed 0, 5000 images); the key is the world and the CLIP weights that embed it
-    digest = _file_digest(config.stack("clip") / "model.safetensors")
+    digest = file_sha256(config.stack("clip") / "model.safetensors")[:16]
     path = cache / f"pool-embeddings-{config.shapes_config}-{train_split.num_rows}-{digest}.safetensors"
     if path.is_file():
         tensors = load_file(str(path))
@@ -219,11 +220,11 @@ def _full_reference(
     key = {
         "protocol": student.to_dict(),
         "world": config.shapes_config,
-        "image_encoder": [name, kwargs, None if checkpoint is None else _file_digest(checkpoint)],
+        "image_encoder": [name, kwargs, None if checkpoint is None else file_sha256(checkpoint)[:16]],
         "full_images": config.full_images,
         "test_images": config.test_images,
         "seeds": config.seeds,
-        "text_encoder_weights": _file_digest(config.stack("text-encoder") / "model.safetensors"),
+        "text_encoder_weights": file_sha256(config.stack("text-encoder") / "model.safetensors")[:16],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"full-reference-{digest}.json"
@@ -231,14 +232,10 @@ def _full_reference(
         return {**json.loads(path.read_text(encoding="utf-8")), "cached": str(path)}
     evaluator = _evaluator(config, student, test, device)
     pool = train_split.select(range(config.full_images))
-    results = evaluator.evaluate(lambda seed: pool, config.seeds)
+    results = evaluator.evaluate(pool, config.seeds)  # one fixed set: prepared once for every seed
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results) + "\n", encoding="utf-8")
     return {**results, "cached": None}
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _evaluator(config: DemoConfig, student: Any, test: datasets.Dataset, device: str) -> StudentEvaluator:
@@ -349,17 +346,14 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = _pri
             for label, per_seed in generated[budget].items():
                 log(f"[demo] student: {label}, {budget} pairs, seeds {config.seeds} x generation seeds "
                     f"{config.generation_seeds}")
-                evaluations = [evaluator.evaluate(lambda seed, d=ds: d, config.seeds) for ds, _ in per_seed]
+                evaluations = [evaluator.evaluate(ds, config.seeds) for ds, _ in per_seed]
                 rows[str(budget)][label] = _pool_generation_seeds(evaluations, config.generation_seeds)
     with stage("full-split reference"):
         full = _full_reference(config, train_split, test, cache, device)
     with stage("report"):
         results = collect_results(config, finetunes, generated, diagnostics, rows, full, stage.seconds, device)
-        results["seconds"] = {**stage.seconds, "total": time.perf_counter() - started}
         first = {label: per_seed[0] for label, per_seed in generated[config.budgets[0]].items()}
         write_samples_grid(train_split, first, output_dir / "samples.png")
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        (output_dir / "report.md").write_text(render_report(results), encoding="utf-8")
     results["seconds"]["total"] = time.perf_counter() - started
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (output_dir / "report.md").write_text(render_report(results), encoding="utf-8")
