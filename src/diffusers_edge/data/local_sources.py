@@ -29,7 +29,7 @@ from .format import (
 )
 
 
-def _verify_image(path: Path, record: str) -> None:
+def verify_image(path: Path, record: str) -> None:
     """Raises if `path` is missing or is not an image PIL can read to its end.
 
     `verify()` checks the structure (and a PNG's checksums) without decoding, but a JPEG cut short passes it and
@@ -105,7 +105,7 @@ class _LocalImages:
         if not self.entries:
             raise ValueError(f"{name} holds no images.")
         for entry in self.entries.values():
-            _verify_image(entry.path, entry.record)
+            verify_image(entry.path, entry.record)
         mapping = {
             IMAGE_COLUMN: [str(e.path) for e in self.entries.values()],
             CAPTIONS_COLUMN: [e.captions for e in self.entries.values()],
@@ -122,7 +122,8 @@ def _require_keys(row: Any, keys: Sequence[str], record: str) -> None:
         raise ValueError(f"{record} has no {missing} field(s); it has {sorted(row)}.")
 
 
-def _split_names(split: str | Sequence[str]) -> set[str]:
+def split_names(split: str | Sequence[str]) -> set[str]:
+    """The split names a `split` argument asks for: one name or several."""
     return {split} if isinstance(split, str) else set(split)
 
 
@@ -146,7 +147,7 @@ def _add_karpathy_images(
     max_words: int,
 ) -> None:
     """Karpathy's own `dataset_<name>.json`: `{"images": [{"filename", "sentences": [{"raw"}], "split", ...}]}`."""
-    wanted = None if split is None else _split_names(split)
+    wanted = None if split is None else split_names(split)
     present: set[str] = set()
     for index, row in enumerate(data["images"]):
         record = f"{source} images[{index}]"

@@ -37,7 +37,7 @@ from .format import (
     prepared_captions,
     validate_normalized,
 )
-from .local_sources import _split_names, _verify_image, load_imagefolder_source, load_karpathy_json
+from .local_sources import load_imagefolder_source, load_karpathy_json, split_names, verify_image
 
 __all__ = [
     "BLIP_MAX_WORDS",
@@ -84,7 +84,7 @@ def _select_split(
     dataset: datasets.Dataset, split_column: str, split_value: str | Sequence[str], name: str
 ) -> tuple[datasets.Dataset, list[int]]:
     """Keeps the rows whose `split_column` is in `split_value`; returns them with their source row numbers."""
-    wanted = _split_names(split_value)
+    wanted = split_names(split_value)
     values = dataset.with_format("arrow")[split_column].to_pylist()
     rows = [i for i, value in enumerate(values) if value in wanted]
     if not rows:
@@ -228,7 +228,7 @@ def _verify_path_cell(value: str, record: str) -> Path:
         raise FileNotFoundError(
             f"{record} holds {value[:80]!r}, which is not an existing image file (is it the right column?)."
         )
-    _verify_image(Path(value), record)
+    verify_image(Path(value), record)
     return Path(value).resolve()
 
 
