@@ -46,7 +46,7 @@ from ...evaluation.evaluator import RetrievalEvaluator
 from ...evaluation.report import summarize_runs
 from ...pipeline_edge import EDGEPipeline
 from ...selection.coreset import PoolEmbeddings, embed_pool, select_coreset
-from ...training import check_args, train
+from ...training import train
 from ..dataset import load_captioned_shapes
 from ..judge import load_judge
 from .config import REAL_ROWS, SPLIT_ROW, DemoConfig
@@ -122,8 +122,7 @@ def _finetune(
     weights: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     training_config = config.training_config(output_dir, seed, weights)
-    check_args(training_config)
-    result = train(training_config, dataset=train_split)
+    result = train(training_config, dataset=train_split)  # train checks its settings first
     return {
         "command": ["diffusers-edge", "train", *training_config.to_argv()],
         "weights": str(result.weights_path),
