@@ -4,6 +4,7 @@
   forgetting scores);
 * `diffusers_edge.selection.prompts`: prompt selection for `EDGEPipeline.distill` (`select_captions`,
   `embed_captions`);
+* `diffusers_edge.selection.store`: `EmbeddingStore`, embeddings on disk for pools too large to hold (CC3M);
 * `diffusers_edge.selection.coreset`: coresets of real image-text pairs (`select_coreset`, `embed_pool`).
 
 This package exports the prompt-selection names and the shared rules; the coreset names live in
@@ -17,10 +18,12 @@ Example:
 """
 
 from .algorithms import kcenter_greedy, kmeans, kmeans_nearest, select_random
-from .prompts import EMBEDDING_METHODS, SELECTION_METHODS, SelectionFn, embed_captions, select_captions
+from .prompts import EMBEDDING_METHODS, SELECTION_METHODS, SelectionFn, embed_captions, select_captions, select_indices
+from .store import EmbeddingStore
 
 __all__ = [
     "EMBEDDING_METHODS",
+    "EmbeddingStore",
     "SELECTION_METHODS",
     "SelectionFn",
     "embed_captions",
@@ -28,5 +31,6 @@ __all__ = [
     "kmeans",
     "kmeans_nearest",
     "select_captions",
+    "select_indices",
     "select_random",
 ]

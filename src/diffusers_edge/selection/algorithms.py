@@ -8,8 +8,10 @@
 * `count_forgetting_events` / `forgetting_scores`: forgetting events of each pair over a short proxy training run
   (Toneva et al. 2019).
 
-Pure math on tensors: this module loads no model and reads no data. Squared distances are computed in row chunks
-(`_sq_distances`), so memory stays bounded on CC3M-size pools.
+Pure math on embeddings: this module loads no model and reads no data. Every rule that measures distances takes the
+pool as a `[pool, dim]` tensor or as an on-disk `EmbeddingStore` and reads it in chunks of `CHUNK_ROWS` rows, so its
+memory is a few vectors of the pool's length plus one chunk, and a store gives exactly what the same rows in memory
+give (the chunks are the same in both cases).
 
 Example:
     >>> import torch
@@ -26,7 +28,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-_CHUNK = 8192  # rows of the distance matrix computed at once: bounded memory on CC3M-size pools
+from .store import EmbeddingStore, gather_rows, iter_chunks
+
+Points = torch.Tensor | EmbeddingStore
+"""A pool of embeddings: in memory (`[pool, dim]`) or on disk."""
+
+MAX_POINTS_PER_CENTROID = 256
+"""k-means trains on at most this many points per centroid, a seeded uniform sample of larger pools: the default of
+faiss's `Clustering` (`max_points_per_centroid`), past which more points barely move the centroids."""
 
 
 def _check_num(num: int, pool_size: int) -> None:
@@ -39,6 +48,8 @@ def _check_num(num: int, pool_size: int) -> None:
 def select_random(pool_size: int, num: int, seed: int) -> list[int]:
     """`num` distinct indices of `range(pool_size)` drawn uniformly with a seeded NumPy generator (EDGE's rule).
 
+    Needs only the pool's size, so a streamed pool is counted in one pass and the chosen rows read in another.
+
     Example:
         >>> select_random(10, 3, seed=0) == select_random(10, 3, seed=0)
         True
@@ -48,28 +59,36 @@ def select_random(pool_size: int, num: int, seed: int) -> list[int]:
 
 
 def _sq_distances(points: torch.Tensor, centers: torch.Tensor, points_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared Euclidean distances `[len(points), len(centers)]` as |x|^2 + |c|^2 - 2 x.c, in row chunks.
-
-    `points_sq` (the rows' squared norms) can be passed in when the same points are measured many times.
-    """
+    """Squared Euclidean distances `[len(points), len(centers)]` of rows held in memory, as |x|^2 + |c|^2 - 2 x.c."""
     points_sq = (points * points).sum(dim=1) if points_sq is None else points_sq
     centers_sq = (centers * centers).sum(dim=1)
-    out = []
-    for start in range(0, len(points), _CHUNK):
-        dist = torch.addmm(centers_sq.unsqueeze(0), points[start : start + _CHUNK], centers.T, alpha=-2.0)
-        out.append(dist.add_(points_sq[start : start + _CHUNK].unsqueeze(1)).clamp_min_(0.0))
-    return torch.cat(out)
+    dist = torch.addmm(centers_sq.unsqueeze(0), points, centers.T, alpha=-2.0)
+    return dist.add_(points_sq.unsqueeze(1)).clamp_min_(0.0)
 
 
-def kcenter_greedy(embeddings: torch.Tensor, num: int, seed: int = 0) -> list[int]:
+def _row_norms(points: Points) -> torch.Tensor:
+    """`[pool]` squared norms, a chunk at a time."""
+    return torch.cat([(chunk * chunk).sum(dim=1) for _, chunk in iter_chunks(points)])
+
+
+def _distances_to(points: Points, center: torch.Tensor, points_sq: torch.Tensor) -> torch.Tensor:
+    """`[pool]` squared distances of every point to one `[1, dim]` center, a chunk at a time."""
+    return torch.cat([
+        _sq_distances(chunk, center, points_sq[start : start + len(chunk)]).squeeze(1)
+        for start, chunk in iter_chunks(points)
+    ])
+
+
+def kcenter_greedy(embeddings: Points, num: int, seed: int = 0) -> list[int]:
     """Greedy k-center: a seeded random first point, then always the point farthest from the chosen set.
 
     Farthest-point traversal is the classic 2-approximation of the k-center objective (Gonzalez, 1985): it
     minimises the largest distance from any point to its nearest chosen point, i.e. it maximises coverage.
-    Ties break to the lowest index. Runs in O(num * len(embeddings)) distance evaluations.
+    Ties break to the lowest index. Runs in `num` passes over the pool, each one distance per point; holds the
+    pool's nearest-chosen distances (4 bytes a point) and one chunk.
 
     Args:
-        embeddings: `[pool, dim]` float tensor (e.g. L2-normalised CLIP text embeddings).
+        embeddings: `[pool, dim]` float tensor (e.g. L2-normalised CLIP text embeddings) or an `EmbeddingStore`.
         num: how many points to choose.
         seed: picks the first point.
 
@@ -81,24 +100,23 @@ def kcenter_greedy(embeddings: torch.Tensor, num: int, seed: int = 0) -> list[in
         [0, 2]
     """
     _check_num(num, len(embeddings))
-    points = embeddings.float()
-    points_sq = (points * points).sum(dim=1)
-    first = int(np.random.default_rng(seed).integers(len(points)))
+    points_sq = _row_norms(embeddings)
+    first = int(np.random.default_rng(seed).integers(len(embeddings)))
     chosen = [first]
-    nearest = _sq_distances(points, points[first : first + 1], points_sq).squeeze(1)
+    nearest = _distances_to(embeddings, gather_rows(embeddings, [first]), points_sq)
     for _ in range(num - 1):
         nearest[chosen] = -1.0  # a duplicate of a chosen point is never picked again
         index = int(torch.argmax(nearest))
         chosen.append(index)
-        nearest = torch.minimum(nearest, _sq_distances(points, points[index : index + 1], points_sq).squeeze(1))
+        nearest = torch.minimum(nearest, _distances_to(embeddings, gather_rows(embeddings, [index]), points_sq))
     return chosen
 
 
 def _kmeans_pp(points: torch.Tensor, num: int, rng: np.random.Generator) -> torch.Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii, 2007): each new center drawn with probability ∝ D(x)^2."""
-    points_sq = (points * points).sum(dim=1)
+    points_sq = _row_norms(points)
     centers = [int(rng.integers(len(points)))]
-    nearest = _sq_distances(points, points[centers[0] : centers[0] + 1], points_sq).squeeze(1).double()
+    nearest = _distances_to(points, points[centers[0] : centers[0] + 1], points_sq).double()
     for _ in range(num - 1):
         total = float(nearest.sum())
         if total <= 0:  # fewer distinct points than clusters: take unused points in order
@@ -106,27 +124,46 @@ def _kmeans_pp(points: torch.Tensor, num: int, rng: np.random.Generator) -> torc
         else:
             index = int(rng.choice(len(points), p=(nearest / total).numpy()))
         centers.append(index)
-        distances = _sq_distances(points, points[index : index + 1], points_sq).squeeze(1).double()
-        nearest = torch.minimum(nearest, distances)
+        nearest = torch.minimum(nearest, _distances_to(points, points[index : index + 1], points_sq).double())
     return points[centers].clone()
 
 
-def kmeans(embeddings: torch.Tensor, num: int, seed: int = 0, iterations: int = 50) -> torch.Tensor:
+def _training_points(embeddings: Points, num: int, seed: int, max_points_per_centroid: int) -> torch.Tensor:
+    """The points k-means is fitted on: the whole pool, or a seeded sample of `num * max_points_per_centroid`."""
+    limit = num * max_points_per_centroid
+    if len(embeddings) <= limit:
+        return embeddings.float() if isinstance(embeddings, torch.Tensor) else embeddings.load()
+    sample = np.random.default_rng(np.random.SeedSequence([seed, limit])).choice(len(embeddings), limit, replace=False)
+    return gather_rows(embeddings, np.sort(sample).tolist())
+
+
+def kmeans(
+    embeddings: Points,
+    num: int,
+    seed: int = 0,
+    iterations: int = 50,
+    max_points_per_centroid: int = MAX_POINTS_PER_CENTROID,
+) -> torch.Tensor:
     """Lloyd's k-means with k-means++ seeding; returns the `[num, dim]` centroids.
 
-    An empty cluster keeps its previous centroid. Stops early when the assignment no longer changes.
+    Pools larger than `num * max_points_per_centroid` are fitted on a seeded uniform sample of that many points
+    (as faiss does), so memory and time of the fit depend on `num`, not on the pool. An empty cluster keeps its
+    previous centroid. Stops early when the assignment no longer changes.
 
     Example:
         >>> kmeans(torch.tensor([[0.0], [0.2], [10.0], [10.2]]), 2, seed=0).sort(dim=0).values.squeeze(1)
         tensor([ 0.1000, 10.1000])
     """
     _check_num(num, len(embeddings))
-    points = embeddings.float()
-    points_sq = (points * points).sum(dim=1)
+    points = _training_points(embeddings, num, seed, max_points_per_centroid)
+    points_sq = _row_norms(points)
     centers = _kmeans_pp(points, num, np.random.default_rng(seed))
     assignment = None
     for _ in range(iterations):
-        new_assignment = _sq_distances(points, centers, points_sq).argmin(dim=1)
+        new_assignment = torch.cat([
+            _sq_distances(chunk, centers, points_sq[start : start + len(chunk)]).argmin(dim=1)
+            for start, chunk in iter_chunks(points)
+        ])
         if assignment is not None and torch.equal(new_assignment, assignment):
             break
         assignment = new_assignment
@@ -136,39 +173,65 @@ def kmeans(embeddings: torch.Tensor, num: int, seed: int = 0, iterations: int = 
     return centers
 
 
-def kmeans_nearest(embeddings: torch.Tensor, num: int, seed: int = 0, iterations: int = 50) -> list[int]:
+def _nearest_points(points: Points, centers: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per center, its `keep` nearest points, nearest first, ties to the lower index, in one pass over the pool:
+    `[keep, centers]` squared distances and indices.
+
+    A squared distance (a non-negative float32) keeps its order when its bits are read as an integer, so
+    `bits << 32 | index` orders candidates by distance, then index, in one int64 `topk`.
+    """
+    best = torch.zeros((0, len(centers)), dtype=torch.int64)
+    for start, chunk in iter_chunks(points):
+        bits = _sq_distances(chunk, centers).view(torch.int32).to(torch.int64)
+        rows = torch.arange(start, start + len(chunk), dtype=torch.int64).unsqueeze(1)
+        keys = torch.cat([best, bits.bitwise_left_shift_(32).bitwise_or_(rows)])
+        best = torch.topk(keys, min(keep, len(keys)), dim=0, largest=False, sorted=True).values
+    return best.bitwise_right_shift(32).to(torch.int32).view(torch.float32), best.bitwise_and(0xFFFFFFFF)
+
+
+def kmeans_nearest(
+    embeddings: Points,
+    num: int,
+    seed: int = 0,
+    iterations: int = 50,
+    max_points_per_centroid: int = MAX_POINTS_PER_CENTROID,
+) -> list[int]:
     """For each k-means centroid, the index of the nearest point not already taken by another centroid.
 
-    Centroids are served in order of how close their nearest point is, so every centroid gets a distinct point.
+    Centroids are served in order of how close their nearest point is (ties: the lower centroid), so every centroid
+    gets a distinct point; ties between points break to the lower index. One pass over the pool keeps each
+    centroid's 8 nearest points; a centroid whose 8 are all taken (rare: only
+    near-duplicate points share them) gets its nearest free point from one more pass.
 
     Example:
         >>> sorted(kmeans_nearest(torch.tensor([[0.0], [0.2], [10.0], [10.2]]), 2, seed=0)) in ([0, 2], [0, 3],
         ...                                                                                   [1, 2], [1, 3])
         True
     """
-    centers = kmeans(embeddings, num, seed=seed, iterations=iterations)
-    distances = _sq_distances(embeddings.float(), centers)  # [pool, num]
-    order = torch.argsort(distances.min(dim=0).values).tolist()
+    centers = kmeans(embeddings, num, seed, iterations, max_points_per_centroid)
+    nearest, candidates = _nearest_points(embeddings, centers, keep=8)
     taken: set[int] = set()
     chosen = []
-    for c in order:
-        for index in torch.argsort(distances[:, c]).tolist():
-            if index not in taken:
-                taken.add(index)
-                chosen.append(index)
-                break
+    for c in torch.argsort(nearest[0], stable=True).tolist():
+        free = [i for i in candidates[:, c].tolist() if i not in taken]
+        if not free:
+            _, column = _nearest_points(embeddings, centers[c : c + 1], keep=len(taken) + 1)
+            free = [i for i in column[:, 0].tolist() if i not in taken]
+        taken.add(free[0])
+        chosen.append(free[0])
     return chosen
 
 
-def herding(embeddings: torch.Tensor, num: int) -> list[int]:
+def herding(embeddings: Points, num: int) -> list[int]:
     """Greedy herding: each step adds the unchosen point nearest to the residual of the running mean.
 
     At step t (0-based), with S the sum of the t chosen points and m the mean of all points, the point x minimising
     `||(t + 1) * m - S - x||` is added, i.e. the one that brings the mean of the chosen set closest to m (Welling,
-    ICML 2009; iCaRL's exemplar rule). Ties break to the lowest index.
+    ICML 2009; iCaRL's exemplar rule). Ties break to the lowest index. Computed in float64, one pass over the pool
+    per step.
 
     Args:
-        embeddings: `[pool, dim]` points.
+        embeddings: `[pool, dim]` points, or an `EmbeddingStore`.
         num: how many to choose (1..pool).
 
     Returns:
@@ -178,22 +241,30 @@ def herding(embeddings: torch.Tensor, num: int) -> list[int]:
         >>> herding(torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0], [10.0, 1.0]]), 3)
         [1, 2, 3]
     """
-    points = embeddings.double()
-    if not 1 <= num <= len(points):
-        raise ValueError(f"Cannot choose {num} points by herding from a pool of {len(points)}.")
-    target = points.mean(0)
+    if not 1 <= num <= len(embeddings):
+        raise ValueError(f"Cannot choose {num} points by herding from a pool of {len(embeddings)}.")
+    total, norms = None, []
+    for _, chunk in iter_chunks(embeddings):
+        chunk = chunk.double()
+        total = chunk.sum(0) if total is None else total + chunk.sum(0)
+        norms.append((chunk * chunk).sum(1))
+    target, points_sq = total / len(embeddings), torch.cat(norms)
     chosen_sum = torch.zeros_like(target)
-    points_sq = (points * points).sum(1)
-    taken = torch.zeros(len(points), dtype=torch.bool)
+    taken = torch.zeros(len(embeddings), dtype=torch.bool)
     chosen = []
     for step in range(num):
         residual = (step + 1) * target - chosen_sum
-        distance = points_sq - 2 * points @ residual
-        distance[taken] = math.inf
-        index = int(torch.argmin(distance))
+        best, index = math.inf, -1
+        for start, chunk in iter_chunks(embeddings):
+            stop = start + len(chunk)
+            distance = points_sq[start:stop] - 2 * chunk.double() @ residual
+            distance[taken[start:stop]] = math.inf
+            position = int(torch.argmin(distance))
+            if distance[position] < best:  # strict: an equal value in a later chunk loses to the lower index
+                best, index = float(distance[position]), start + position
         chosen.append(index)
         taken[index] = True
-        chosen_sum += points[index]
+        chosen_sum += gather_rows(embeddings, [index])[0].double()
     return chosen
 
 

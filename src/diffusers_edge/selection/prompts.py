@@ -26,6 +26,7 @@ import torch
 
 from ..clip_features import clip_features
 from .algorithms import _check_num, kcenter_greedy, kmeans_nearest, select_random
+from .store import EmbeddingStore
 
 SelectionFn = Callable[[list[str], int, int], Sequence[int]]
 """A custom rule: `fn(captions, num, seed) -> num distinct indices into captions`."""
@@ -74,7 +75,7 @@ def select_captions(
     num: int,
     method: str | SelectionFn = "random",
     seed: int = 0,
-    embeddings: torch.Tensor | None = None,
+    embeddings: torch.Tensor | EmbeddingStore | None = None,
 ) -> list[int]:
     """Picks `num` distinct captions by `method`; returns their indices into `captions`.
 
@@ -83,8 +84,8 @@ def select_captions(
         num: how many to pick.
         method: `"random"`, `"kcenter"`, `"kmeans"`, or a callable `fn(captions, num, seed) -> indices`.
         seed: the selection seed.
-        embeddings: `[len(captions), dim]` embeddings; required by `"kcenter"` and `"kmeans"`
-            (see `embed_captions`).
+        embeddings: `[len(captions), dim]` embeddings, or an `EmbeddingStore` of them; required by `"kcenter"`
+            and `"kmeans"` (see `embed_captions`).
 
     Example:
         >>> select_captions(["a", "b", "c"], 2, "random", seed=0)
@@ -99,12 +100,26 @@ def select_captions(
                 f"in [0, {len(captions)}), got {chosen[:20]}."
             )
         return chosen
+    return select_indices(len(captions), num, method, seed=seed, embeddings=embeddings)
+
+
+def select_indices(
+    pool_size: int, num: int, method: str, seed: int = 0, embeddings: torch.Tensor | EmbeddingStore | None = None
+) -> list[int]:
+    """`select_captions` for the named rules, which need only the pool's size (`"random"`) or its embeddings: how a
+    streamed pool is selected from without holding its captions.
+
+    Example:
+        >>> select_indices(3, 2, "random", seed=0) == select_captions(["a", "b", "c"], 2, "random", seed=0)
+        True
+    """
+    _check_num(num, pool_size)
     if method == "random":
-        return select_random(len(captions), num, seed)
+        return select_random(pool_size, num, seed)
     if method not in EMBEDDING_METHODS:
         raise ValueError(f"Unknown selection {method!r}; use one of {SELECTION_METHODS} or a callable.")
-    if embeddings is None or len(embeddings) != len(captions):
-        raise ValueError(f"selection={method!r} needs one embedding per caption ({len(captions)}).")
+    if embeddings is None or len(embeddings) != pool_size:
+        raise ValueError(f"selection={method!r} needs one embedding per caption ({pool_size}).")
     if method == "kcenter":
         return kcenter_greedy(embeddings, num, seed=seed)
     return kmeans_nearest(embeddings, num, seed=seed)
