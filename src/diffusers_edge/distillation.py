@@ -1,8 +1,9 @@
 """The distill batch job: a run's settings, the plan, the shards, resumption and the split across processes.
 
 `EDGEPipeline.distill` (the public entry) checks its arguments (`check_arguments`), reads the source's captions
-(`caption_pool`) and fixes the run's `DistillSettings` (every argument that shapes the set: its `manifest()` goes to
-`edge_manifest.json`, its SHA-256 is the run's identity); `run_distill` then checks the output folder (empty, or a
+(`diffusers_edge.caption_pool`: held in memory, or for a streamed source counted without holding them) and fixes
+the run's `DistillSettings` (every argument that shapes the set: its `manifest()` goes to `edge_manifest.json`, its
+SHA-256 is the run's identity); `run_distill` then checks the output folder (empty, or a
 set `distill` began with the same settings, resumed, or with `resume=False` one it wrote itself, cleared), selects
 the prompts once into the `DistillPlan` (`edge_plan.json`), splits the unfinished shards across `accelerate`
 processes (item `i` generated from `item_seed(seed, i)`, each shard written atomically with its ownership record,
@@ -11,20 +12,17 @@ processes (item `i` generated from `item_seed(seed, i)`, each shard written atom
 Example:
     >>> item_seed(0, 5) == item_seed(0, 5) != item_seed(1, 5)   # an item's image depends on (seed, index) only
     True
-    >>> caption_pool(["a red circle", "a blue square"])
-    (['a red circle', 'a blue square'], [None, None])
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,10 +36,11 @@ from accelerate.utils import parse_flag_from_env
 from diffusers.utils import logging
 
 from . import __version__
+from .caption_pool import CaptionPool
 from .data import distilled_layout as layout
 from .data.distilled_hub import write_card
 from .data.format import CAPTIONS_COLUMN, IMAGE_COLUMN, IMAGE_ID_COLUMN, check_captions
-from .selection import EMBEDDING_METHODS, embed_captions, select_captions
+from .selection import EMBEDDING_METHODS, select_captions, select_indices
 from .serialization import write_json_atomic
 
 if TYPE_CHECKING:
@@ -176,57 +175,6 @@ class DistillPlan:
     source_ids: list[str | None]
 
 
-def _caption_rows(source: datasets.Dataset | datasets.IterableDataset) -> Iterable[tuple[list[str], Any]]:
-    """(captions, image_id) per row, without decoding images; a streamed source is read once, row by row."""
-    columns = source.column_names
-    if columns is not None and CAPTIONS_COLUMN not in columns:
-        raise ValueError(
-            f"The source dataset has no {CAPTIONS_COLUMN!r} column (columns: {columns}); "
-            "distill needs the normalized form (image, captions, image_id) or a list of captions."
-        )
-    if isinstance(source, datasets.Dataset):
-        ids = source[IMAGE_ID_COLUMN] if IMAGE_ID_COLUMN in columns else [None] * source.num_rows
-        return zip(source[CAPTIONS_COLUMN], ids)
-    return ((row.get(CAPTIONS_COLUMN), row.get(IMAGE_ID_COLUMN)) for row in source.select_columns(
-        [c for c in (CAPTIONS_COLUMN, IMAGE_ID_COLUMN) if columns is None or c in columns]
-    ))
-
-
-def caption_pool(
-    source: datasets.Dataset | datasets.IterableDataset | Sequence[str],
-) -> tuple[list[str], list[str | None]]:
-    """Every caption of `source` (flattened, in order) and the `image_id` it belongs to (None for a caption list).
-
-    Example:
-        >>> caption_pool(["a red circle", "a blue square"])
-        (['a red circle', 'a blue square'], [None, None])
-    """
-    if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
-        captions, owners = [], []
-        for row, (image_captions, image_id) in enumerate(_caption_rows(source)):
-            checked = check_captions(image_captions, record=f"source row {row} (image_id={image_id!r})")
-            captions += checked
-            owners += [None if image_id is None else str(image_id)] * len(checked)
-        return captions, owners
-    if isinstance(source, str) or not isinstance(source, Sequence):
-        raise TypeError(f"source must be a datasets.Dataset or a list of captions, got {type(source).__name__}.")
-    captions = check_captions(list(source), record="the source caption list")
-    return captions, [None] * len(captions)
-
-
-def source_fingerprint(captions: list[str], owners: list[str | None]) -> str:
-    """SHA-256 of the captions and their image ids, in order: the manifest's `source_fingerprint`.
-
-    Example:
-        >>> len(source_fingerprint(["a red circle"], [None]))
-        64
-    """
-    digest = hashlib.sha256()
-    for caption, owner in zip(captions, owners):
-        digest.update(f"{owner}\x1f{caption}\x1e".encode())
-    return digest.hexdigest()
-
-
 def _describe_callable(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
@@ -317,8 +265,7 @@ def describe_captioner(caption_fn: CaptionFn | None) -> Any:
 def run_distill(
     pipe: EDGEPipeline,
     settings: DistillSettings,
-    captions: list[str],
-    owners: list[str | None],
+    pool: CaptionPool,
     selection: str | Callable[[list[str], int, int], Sequence[int]],
     caption_fn: CaptionFn | None,
     output_dir: str | os.PathLike,
@@ -326,6 +273,7 @@ def run_distill(
     callback: Callable[[DistillProgress], None] | None = None,
     progress: bool = True,
     license: str = "other",
+    cache_dir: str | os.PathLike | None = None,
 ) -> datasets.Dataset:
     """The batch job behind `EDGEPipeline.distill`: writes the distilled set to `output_dir` and returns it.
 
@@ -333,10 +281,10 @@ def run_distill(
         pipe: the pipeline that generates the images (and holds `clip_model` / `clip_processor` for k-center /
             k-means selection).
         settings: the run's settings (checked arguments, the source's fingerprint, the pipeline's description).
-        captions, owners: the source's captions and the image id of each (`caption_pool`).
+        pool: the source's captions and the image id of each (`diffusers_edge.caption_pool.caption_pool`).
         selection: the selection rule (`settings.selection` records its name).
         caption_fn: the resolved captioner (None when `captions_per_image == 1`).
-        output_dir, resume, callback, progress, license: as in `EDGEPipeline.distill`.
+        output_dir, resume, callback, progress, license, cache_dir: as in `EDGEPipeline.distill`.
 
     Returns:
         The distilled set, read back from `output_dir` (on every process).
@@ -346,14 +294,14 @@ def run_distill(
         >>> distilled.num_rows                                  # EDGEPipeline.distill ends in run_distill
         2
     """
-    if settings.num_images > len(captions):
+    if settings.num_images > pool.size:
         raise ValueError(
             f"num_pairs={settings.num_pairs} with captions_per_image={settings.captions_per_image} needs "
-            f"{settings.num_images} distinct prompts, but the source supplies only {len(captions)} captions."
+            f"{settings.num_images} distinct prompts, but the source supplies only {pool.size} captions."
         )
     output_dir = Path(output_dir)
     state = process_state()
-    plan = _prepare_output(pipe, output_dir, settings, resume, state, captions, owners, selection)
+    plan = _prepare_output(pipe, output_dir, settings, resume, state, pool, selection, cache_dir, progress)
     run = settings.run_id()
     todo = sorted(set(range(settings.num_shards)) - layout.finished_shards(output_dir, settings.num_shards, run))
     state.wait_for_everyone()  # every process has seen the same finished shards before any writes more
@@ -376,9 +324,10 @@ def _prepare_output(
     settings: DistillSettings,
     resume: bool,
     state: PartialState,
-    captions: list[str],
-    owners: list[str | None],
+    pool: CaptionPool,
     selection: Any,
+    cache_dir: str | os.PathLike | None,
+    progress: bool,
 ) -> DistillPlan:
     """Checks or starts the set in `output_dir` (main process), then every process reads the same plan."""
     manifest = settings.manifest()
@@ -398,7 +347,7 @@ def _prepare_output(
         shutil.rmtree(output_dir / layout.TMP_DIR, ignore_errors=True)  # partial shards of a killed run
         if not (resume and has_manifest):
             output_dir.mkdir(parents=True, exist_ok=True)
-            plan = _make_plan(pipe, captions, owners, settings, selection)
+            plan = _make_plan(pipe, pool, settings, selection, cache_dir, progress)
             write_json_atomic(output_dir / layout.PLAN_NAME, dataclasses.asdict(plan))
             write_json_atomic(output_dir / layout.MANIFEST_NAME, manifest)
     state.wait_for_everyone()
@@ -406,23 +355,28 @@ def _prepare_output(
 
 
 def _make_plan(
-    pipe: EDGEPipeline, captions: list[str], owners: list[str | None], settings: DistillSettings, selection: Any
+    pipe: EDGEPipeline,
+    pool: CaptionPool,
+    settings: DistillSettings,
+    selection: Any,
+    cache_dir: str | os.PathLike | None,
+    progress: bool,
 ) -> DistillPlan:
     num, seed = settings.num_images, settings.seed
-    embeddings = None
-    if isinstance(selection, str) and selection in EMBEDDING_METHODS:
-        if getattr(pipe, "clip_model", None) is None or getattr(pipe, "clip_processor", None) is None:
-            raise ValueError(
-                f"selection={selection!r} embeds the captions with CLIP: load the pipeline with clip_model= "
-                "and clip_processor= (e.g. openai/clip-vit-base-patch32), or use selection='random'."
-            )
-        embeddings = embed_captions(captions, pipe.clip_model, pipe.clip_processor)
-    chosen = select_captions(captions, num, selection, seed=seed, embeddings=embeddings)
-    return DistillPlan(
-        prompts=[captions[i] for i in chosen],
-        seeds=[item_seed(seed, index) for index in range(num)],
-        source_ids=[owners[i] for i in chosen],
-    )
+    if callable(selection):
+        chosen = select_captions(pool.all_captions(), num, selection, seed=seed)
+    else:
+        embeddings = None
+        if selection in EMBEDDING_METHODS:
+            if getattr(pipe, "clip_model", None) is None or getattr(pipe, "clip_processor", None) is None:
+                raise ValueError(
+                    f"selection={selection!r} embeds the captions with CLIP: load the pipeline with clip_model= "
+                    "and clip_processor= (e.g. openai/clip-vit-base-patch32), or use selection='random'."
+                )
+            embeddings = pool.embeddings(pipe.clip_model, pipe.clip_processor, cache_dir=cache_dir, progress=progress)
+        chosen = select_indices(pool.size, num, selection, seed=seed, embeddings=embeddings)
+    prompts, source_ids = pool.take(chosen)
+    return DistillPlan(prompts=prompts, seeds=[item_seed(seed, index) for index in range(num)], source_ids=source_ids)
 
 
 def _make_shards(

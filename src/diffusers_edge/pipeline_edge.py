@@ -44,18 +44,17 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import PreTrainedModel, ProcessorMixin
 
+from .caption_pool import caption_pool
 from .distillation import (
     DEFAULT_SHARD_SIZE,
     CaptionFn,
     DistillProgress,
     DistillSettings,
-    caption_pool,
     check_arguments,
     describe_captioner,
     describe_selection,
     item_seed,
     run_distill,
-    source_fingerprint,
 )
 from .paths import check_model_reference
 from .selection import EMBEDDING_METHODS
@@ -195,6 +194,7 @@ class EDGEPipeline(StableDiffusionPipeline):
         callback: Callable[[DistillProgress], None] | None = None,
         progress: bool = True,
         license: str = "other",
+        cache_dir: str | os.PathLike | None = None,
     ) -> datasets.Dataset:
         """Generates a distilled set of `num_pairs` image-caption pairs and writes it to `output_dir`.
 
@@ -203,8 +203,10 @@ class EDGEPipeline(StableDiffusionPipeline):
         `captions_per_image - 1` synthesized captions (2 captions per image was EDGE's best budget split).
 
         Args:
-            source: the real training set in the normalized form (`captions`, optionally `image_id`; a streamed
-                `IterableDataset` is read once for its captions), or a list of captions.
+            source: the real training set in the normalized form (`captions`, optionally `image_id`), or a list of
+                captions. A streamed `IterableDataset` (e.g. `load_source(..., streaming=True)` over CC3M's shards)
+                is never held in memory: it is read once to count and fingerprint its captions, once more to embed
+                them for k-center / k-means, and once to keep the chosen prompts (see `diffusers_edge.caption_pool`).
             num_pairs: the budget in (image, caption) pairs.
             captions_per_image: captions stored per generated image (the prompt + synthesized ones).
             selection: `"random"` (EDGE), `"kcenter"`, `"kmeans"` (both need `clip_model`/`clip_processor`), or
@@ -223,6 +225,9 @@ class EDGEPipeline(StableDiffusionPipeline):
             progress: show a progress bar (main process only; `set_progress_bar_config(disable=True)` hides it too).
             license: the dataset card's `license` (a Hub license id); `other` by default, since the images follow the
                 generator's license and the captions the source data's terms.
+            cache_dir: where a streamed source's caption embeddings are kept for k-center / k-means, keyed by the
+                CLIP model and the source (default `$HF_HOME/diffusers_edge/embeddings`); in-memory sources are
+                embedded in memory.
 
         Returns:
             The distilled set as a `datasets.Dataset` (read back from `output_dir`), one row per image with
@@ -238,11 +243,11 @@ class EDGEPipeline(StableDiffusionPipeline):
         check_arguments(
             num_pairs, output_dir, batch_size, shard_size, seed, num_inference_steps, guidance_scale, height, width
         )
-        captions, owners = caption_pool(source)
+        pool = caption_pool(source)
         embeds = isinstance(selection, str) and selection in EMBEDDING_METHODS
         settings = DistillSettings(
-            source_fingerprint=source_fingerprint(captions, owners),
-            source_captions=len(captions),
+            source_fingerprint=pool.fingerprint,
+            source_captions=pool.size,
             num_pairs=num_pairs,
             captions_per_image=captions_per_image,
             selection=describe_selection(selection),
@@ -261,7 +266,7 @@ class EDGEPipeline(StableDiffusionPipeline):
             clip_model=self._component_name("clip_model") if embeds else None,
         )
         return run_distill(
-            self, settings, captions, owners, selection, caption_fn, output_dir, resume, callback, progress, license
+            self, settings, pool, selection, caption_fn, output_dir, resume, callback, progress, license, cache_dir
         )
 
     def _resolve_captioner(self, captioner: CaptionFn | None, captions_per_image: int) -> CaptionFn | None:
