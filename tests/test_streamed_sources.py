@@ -116,6 +116,10 @@ def test_split_filtering_keeps_the_in_memory_ids(tmp_path):
     assert [row["image_id"] for row in streamed] == ["1", "3", "6"]  # positions before filtering, as in memory
     several = load_source(folder, streaming=True, split_column="split", split_value=["val", "train"])
     assert [row["image_id"] for row in several] == ["0", "2", "4", "5"]
+    first = next(iter(several))["image_id"]
+    state = several.state_dict()  # after the first kept row
+    several.load_state_dict(state)
+    assert [first] + [row["image_id"] for row in several] == ["0", "2", "4", "5"]
 
 
 @pytest.mark.parametrize("preprocess", [False, True])
