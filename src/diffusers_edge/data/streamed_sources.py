@@ -87,7 +87,9 @@ def open_stream(
                 spec = datasets.load_dataset(builder, data_dir=path, split=split, streaming=True, **load_kwargs)
             else:
                 files = sorted(glob.glob(path, recursive=True))
-                spec = datasets.load_dataset(builder, data_files=files, split=split or "train", streaming=True)
+                spec = datasets.load_dataset(
+                    builder, data_files=files, split=split or "train", streaming=True, **load_kwargs
+                )
         else:
             spec = datasets.load_dataset(
                 path, config_name, data_files=data_files, split=split, streaming=True, **load_kwargs
@@ -227,6 +229,7 @@ def load_streamed_source(
     Raises:
         ValueError: a named column is missing (the existing ones are listed), a local file has an unknown extension,
             or, while iterating, a row has no image, no id, no caption or an empty one (the row and id are named).
+        FileNotFoundError: a local glob matches no file.
 
     Example:
         >>> cc3m = load_streamed_source("cc3m/*.tar", image_column="jpg", caption_column="txt")  # doctest: +SKIP
