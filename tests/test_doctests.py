@@ -14,6 +14,7 @@ MODULES = [
     "diffusers_edge.flags",
     "diffusers_edge.lazy_imports",
     "diffusers_edge.data.format",
+    "diffusers_edge.data.streamed_sources",
     "diffusers_edge.selection.algorithms",
     "diffusers_edge.training.objective",
     "diffusers_edge.training.config",

@@ -20,6 +20,7 @@ _LAZY_NAMES: dict[str, str] = {
     "load_karpathy_json": "diffusers_edge.data.sources",
     "load_hub_source": "diffusers_edge.data.sources",
     "load_imagefolder_source": "diffusers_edge.data.sources",
+    "load_streamed_source": "diffusers_edge.data.sources",
     "pre_caption": "diffusers_edge.data.sources",
     "CaptionedShapes": "diffusers_edge.shapes.dataset",
     "CaptionedShapesConfig": "diffusers_edge.shapes.dataset",
@@ -96,6 +97,7 @@ if TYPE_CHECKING:
         load_imagefolder_source,
         load_karpathy_json,
         load_source,
+        load_streamed_source,
         pre_caption,
     )
     from .distillation import DistillProgress, item_seed

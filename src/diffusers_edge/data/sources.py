@@ -10,10 +10,12 @@ dataset). Images are never decoded here: local files are stored by (absolute) pa
 | Karpathy / BLIP JSON (MTT-VL, LoRS, EDGE) | `load_karpathy_json`        |
 | a Hub dataset or a loaded `Dataset`      | `load_hub_source`           |
 | an imagefolder with `metadata.jsonl`     | `load_imagefolder_source`   |
+| a stream: Parquet / WebDataset shards, a Hub stream, an `IterableDataset` | `load_streamed_source` |
 | any of the above, by what it is          | `load_source`               |
 
-The local adapters live in `diffusers_edge.data.local_sources` and BLIP's `pre_caption` in
-`diffusers_edge.data.format`; all are importable from here.
+The local adapters live in `diffusers_edge.data.local_sources`, the streamed one in
+`diffusers_edge.data.streamed_sources` and BLIP's `pre_caption` in `diffusers_edge.data.format`; all are importable
+from here.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from .format import (
     validate_normalized,
 )
 from .local_sources import load_imagefolder_source, load_karpathy_json, split_names, verify_image
+from .streamed_sources import load_streamed_source, one_split, open_stream, validate_normalized_stream
 
 __all__ = [
     "BLIP_MAX_WORDS",
@@ -45,31 +48,34 @@ __all__ = [
     "load_imagefolder_source",
     "load_karpathy_json",
     "load_source",
+    "load_streamed_source",
     "pre_caption",
 ]
 
 
 def _resolve_dataset(
-    dataset_or_name: datasets.Dataset | datasets.DatasetDict | str,
+    dataset_or_name: datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset | str,
     split: str | None,
     config_name: str | None,
+    streaming: bool = False,
     **load_kwargs: Any,
-) -> datasets.Dataset:
-    """One `Dataset` from a `Dataset`, a `DatasetDict` (+ split) or a name for `datasets.load_dataset`."""
+) -> datasets.Dataset | datasets.IterableDataset:
+    """One split from a dataset, a dataset dict (+ split) or a name for `datasets.load_dataset`.
+
+    With `streaming`, an `IterableDataset` (see `open_stream`); else a `Dataset`, and a streamed dataset is refused:
+    the in-memory adapters need random access.
+    """
+    if streaming:
+        return open_stream(dataset_or_name, split, config_name, **load_kwargs)
     if isinstance(dataset_or_name, (str, os.PathLike)):
         dataset_or_name = datasets.load_dataset(str(dataset_or_name), config_name, split=split, **load_kwargs)
         split = None
     if isinstance(dataset_or_name, (datasets.IterableDataset, datasets.IterableDatasetDict)):
-        raise TypeError("Streaming datasets are not supported by this adapter; load without streaming=True.")
-    if isinstance(dataset_or_name, datasets.DatasetDict):
-        if split is None and len(dataset_or_name) == 1:
-            split = next(iter(dataset_or_name))
-        if split not in dataset_or_name:
-            raise ValueError(f"Choose a split with split=...; the dataset has splits {list(dataset_or_name)}.")
-        return dataset_or_name[split]
-    if split is not None:
-        raise ValueError(f"split={split!r} was given, but a single Dataset was passed (it is one split already).")
-    return dataset_or_name
+        raise TypeError(
+            "A streamed dataset (IterableDataset) was given where random access is needed; stream it with "
+            "load_source(..., streaming=True) or load_streamed_source(...)."
+        )
+    return one_split(dataset_or_name, split)
 
 
 def _require_columns(dataset: datasets.Dataset, wanted: dict[str, str | None], name: str) -> None:
@@ -136,7 +142,7 @@ def load_hub_source(
     Raises:
         ValueError: a named column is missing (the existing ones are listed), no row is in `split_value`, a row has
             no image or no (or an empty) caption, or an image id appears twice; the row is named.
-        TypeError: a streaming dataset was given.
+        TypeError: a streamed dataset (`IterableDataset`) was given; `load_streamed_source` reads those.
 
     Example:
         >>> test = load_hub_source(
@@ -232,8 +238,9 @@ def _verify_path_cell(value: str, record: str) -> Path:
     return Path(value).resolve()
 
 
-def _is_normalized(dataset: datasets.Dataset) -> bool:
-    return all(dataset.features.get(column) == feature for column, feature in NORMALIZED_FEATURES.items())
+def _is_normalized(dataset: datasets.Dataset | datasets.IterableDataset) -> bool:
+    features = dataset.features or {}  # a stream's features may be unknown
+    return all(features.get(column) == feature for column, feature in NORMALIZED_FEATURES.items())
 
 
 def load_source(
@@ -243,8 +250,9 @@ def load_source(
     preprocess: bool = False,
     max_words: int = BLIP_MAX_WORDS,
     allow_outside_root: bool = False,
+    streaming: bool = False,
     **hub_kwargs: Any,
-) -> datasets.Dataset:
+) -> datasets.Dataset | datasets.IterableDataset:
     """One entry point for `--train_source` / `--test_source`: picks the adapter from what `spec` is.
 
     * a path ending in `.json` -> `load_karpathy_json(spec, image_root or its folder, split, ...)`;
@@ -255,6 +263,11 @@ def load_source(
       A dataset already in the normalized form (e.g. a distilled set) is validated and returned as it is,
       extra columns included, unless column arguments or `preprocess` ask for a conversion.
 
+    With `streaming=True` the result is a `datasets.IterableDataset` from `load_streamed_source` (Parquet or
+    WebDataset shards, a Hub stream, an `IterableDataset`, a saved dataset read as a stream); a stream already in
+    the normalized form passes through with its captions checked as rows are read. Karpathy JSON files and
+    imagefolders are read whole: they are refused with `streaming=True`.
+
     Args:
         spec: what to load.
         split: the split to load (Hub names, `DatasetDict`s, saved dataset dicts) or to keep (Karpathy's
@@ -263,18 +276,25 @@ def load_source(
         preprocess: apply `pre_caption` (BLIP's caption preprocessing) to every caption.
         max_words: words kept by `pre_caption` when `preprocess` is set.
         allow_outside_root: let a JSON file or `metadata.jsonl` name images outside its image root.
-        **hub_kwargs: arguments of `load_hub_source` (`image_column`, `caption_column`, `split_column`, ...) or
-            of `load_imagefolder_source` (`caption_column`).
+        streaming: stream the source (see above) instead of loading it.
+        **hub_kwargs: arguments of `load_hub_source` / `load_streamed_source` (`image_column`, `caption_column`,
+            `split_column`, `data_files`, ...) or of `load_imagefolder_source` (`caption_column`).
 
     Returns:
-        A `datasets.Dataset` in the normalized form.
+        A `datasets.Dataset` in the normalized form, or a `datasets.IterableDataset` with `streaming=True`.
 
     Example:
         >>> train = load_source("annotations/flickr30k_train.json", image_root="data/flickr30k")
         >>> test = load_source("nlphuji/flickr30k", split="test", split_column="split", split_value="test")
+        >>> cc3m = load_source("cc3m/*.tar", streaming=True, image_column="jpg", caption_column="txt")
     """
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
+        if streaming and (path.suffix == ".json" or (path / "metadata.jsonl").is_file()):
+            raise ValueError(
+                f"{str(path)!r} is a Karpathy JSON file or an imagefolder, which is read whole; load it without "
+                "streaming=True (streaming is for Parquet / WebDataset shards, Hub streams and IterableDatasets)."
+            )
         if path.suffix == ".json":
             root = path.parent if image_root is None else image_root
             return load_karpathy_json(
@@ -289,13 +309,16 @@ def load_source(
             )
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
             spec = datasets.load_from_disk(str(path))
-    dataset = _resolve_dataset(spec, split, hub_kwargs.pop("config_name", None), **_load_kwargs(hub_kwargs))
+    config_name = hub_kwargs.pop("config_name", None)
+    dataset = _resolve_dataset(spec, split, config_name, streaming, **_load_kwargs(hub_kwargs))
+    name = str(spec) if isinstance(spec, (str, os.PathLike)) else "dataset"
     if _is_normalized(dataset) and not hub_kwargs and not preprocess:
-        return validate_normalized(dataset, name=str(spec) if isinstance(spec, (str, os.PathLike)) else "dataset")
+        return validate_normalized_stream(dataset, name=name) if streaming else validate_normalized(dataset, name=name)
     if _is_normalized(dataset):
         hub_kwargs.setdefault("caption_column", CAPTIONS_COLUMN)
         hub_kwargs.setdefault("image_id_column", IMAGE_ID_COLUMN)
-    return load_hub_source(dataset, preprocess=preprocess, max_words=max_words, **hub_kwargs)
+    adapter = load_streamed_source if streaming else load_hub_source
+    return adapter(dataset, preprocess=preprocess, max_words=max_words, **hub_kwargs)
 
 
 _HUB_SOURCE_ARGUMENTS = {"image_column", "caption_column", "image_id_column", "split_column", "split_value"}
