@@ -64,6 +64,40 @@ def test_main_in_process_with_kcenter_and_a_captioner(tiny_sd_path, tmp_path, ca
         main([*flags, "--num_inference_steps", "3"])
 
 
+def test_main_streams_webdataset_shards_and_selects_from_an_embedding_store(tiny_sd_path, tmp_path, capsys):
+    import io
+    import tarfile
+
+    from transformers import CLIPModel, CLIPProcessor
+
+    from diffusers_edge.selection import embed_captions, kcenter_greedy
+
+    clip = save_tiny_clip(tmp_path / "clip")
+    captions = [f"a {colour} {shape}" for colour in ("red", "blue", "green") for shape in ("circle", "square", "star")]
+    for shard in range(2):  # two .tar shards of `<key>.jpg` / `<key>.txt`, as a CC3M downloader writes them
+        with tarfile.open(tmp_path / f"shard-{shard}.tar", "w") as tar:
+            for index in range(shard * 5, min(shard * 5 + 5, len(captions))):
+                buffer = io.BytesIO()
+                PIL.Image.new("RGB", (8, 8), (index * 20, 0, 0)).save(buffer, format="JPEG")
+                for extension, data in (("jpg", buffer.getvalue()), ("txt", captions[index].encode())):
+                    info = tarfile.TarInfo(f"{index:05d}.{extension}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    flags = [
+        "--pretrained_model_name_or_path", str(tiny_sd_path), "--source", str(tmp_path / "shard-*.tar"),
+        "--streaming", "--image_column", "jpg", "--caption_column", "txt", "--selection", "kcenter",
+        "--clip_model", str(clip), "--embedding_cache_dir", str(tmp_path / "stores"), "--num_pairs", "4",
+        "--captions_per_image", "1", "--output_dir", str(tmp_path / "out"), "--num_inference_steps", "2",
+        "--seed", "2",
+    ]  # fmt: skip
+    assert main(flags) == 0 and "4 images, 4 pairs" in capsys.readouterr().out
+    embeddings = embed_captions(captions, CLIPModel.from_pretrained(clip), CLIPProcessor.from_pretrained(clip))
+    plan = json.loads((tmp_path / "out" / "edge_plan.json").read_text())
+    assert plan["prompts"] == [captions[i] for i in kcenter_greedy(embeddings, 4, seed=2)]
+    assert plan["source_ids"] == [f"{i:05d}" for i in kcenter_greedy(embeddings, 4, seed=2)]  # WebDataset keys
+    assert len(list((tmp_path / "stores").iterdir())) == 1
+
+
 def _save_visible_lora(tiny_sd_path, folder):
     """A LoRA on the tiny UNet whose effect shows in the images, saved the way train_edge.py saves one."""
     from diffusers import StableDiffusionPipeline

@@ -9,6 +9,9 @@ Example:
         --source annotations/flickr30k_train.json --image_root data/flickr30k \\
         --num_pairs 500 --captions_per_image 2 --captioner HuggingFaceTB/SmolVLM-256M-Instruct \\
         --output_dir flickr-edge-500 --push_to_hub --hub_dataset_id me/flickr30k-edge-500
+    $ diffusers-edge distill --pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+        --source "cc3m/*.tar" --streaming --image_column jpg --caption_column txt --selection kcenter \\
+        --num_pairs 1000 --captions_per_image 1 --output_dir cc3m-edge-1000
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", required=True, help="training set: `shapes`, a Karpathy/BLIP JSON, a Hub id, ...")
     parser.add_argument("--source_split", default="train", help="split of --source")
     parser.add_argument("--image_root", default=None, help="image folder of a JSON --source")
+    parser.add_argument("--streaming", action="store_true",
+                        help="stream --source (Parquet / WebDataset shards, a Hub id) instead of loading it whole")
+    parser.add_argument("--image_column", default=None, help="image column of --source (e.g. jpg)")
+    parser.add_argument("--caption_column", default=None, help="caption column of --source (e.g. txt)")
+    parser.add_argument("--image_id_column", default=None, help="image id column of --source (e.g. __key__)")
+    parser.add_argument("--embedding_cache_dir", default=None,
+                        help="where a streamed source's caption embeddings are kept for kcenter/kmeans")
     parser.add_argument("--num_pairs", type=int, required=True, help="budget in (image, caption) pairs")
     parser.add_argument("--captions_per_image", type=int, default=2, help="prompt + synthesized captions per image")
     parser.add_argument("--selection", default="random", choices=["random", "kcenter", "kmeans"])
@@ -102,13 +112,18 @@ def check_args(args: argparse.Namespace) -> None:
             check_model_reference(value, flag)
 
 
-def load_training_source(args: argparse.Namespace) -> datasets.Dataset:
-    """`shapes` -> the embedded captioned-shapes train split; anything else -> `data.sources.load_source`."""
+def load_training_source(args: argparse.Namespace) -> datasets.Dataset | datasets.IterableDataset:
+    """`shapes` -> the embedded captioned-shapes train split; anything else -> `data.sources.load_source` (streamed
+    with `--streaming`)."""
     if args.source == SOURCE_NAME:
         return load_shapes_split(args.source_split, num_train=args.shapes_num_train, num_test=0)
     from ..data.sources import load_source
 
-    return load_source(args.source, split=args.source_split, image_root=args.image_root)
+    columns = {"image_column": args.image_column, "caption_column": args.caption_column,
+               "image_id_column": args.image_id_column}  # fmt: skip
+    columns = {name: value for name, value in columns.items() if value is not None}
+    extra = {"streaming": True} if args.streaming else {}
+    return load_source(args.source, split=args.source_split, image_root=args.image_root, **extra, **columns)
 
 
 def build_pipeline(args: argparse.Namespace, device: torch.device):
@@ -179,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume=not args.no_resume,
         shard_size=args.shard_size,
         license=args.license,
+        cache_dir=args.embedding_cache_dir,
     )
     if state.is_main_process:
         print(f"{distilled.num_rows} images, {sum(map(len, distilled['captions']))} pairs in {args.output_dir}")
