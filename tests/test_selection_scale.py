@@ -226,3 +226,50 @@ def test_distill_from_a_stream_plans_what_the_in_memory_source_plans(
     assert plan["prompts"] == [captions[i] for i in select_indices(len(captions), 5, selection, seed=3, embeddings=(
         embed_captions(captions, clip["clip_model"], clip["clip_processor"]) if selection == "kcenter" else None
     ))]
+
+
+# ------------------------------------------------------------------------------------------ streamed coresets
+
+
+@pytest.fixture(scope="module")
+def shapes_pool():
+    from diffusers_edge.shapes.dataset import load_captioned_shapes
+
+    return load_captioned_shapes(num_train=30, num_val=1, num_test=1)["train"]
+
+
+@pytest.mark.parametrize(
+    ("method", "space", "captions_per_image", "num_pairs"),
+    [("random", "joint", 1, 7), ("herding", "joint", 2, 9), ("kcenter", "text", None, 23), ("kcenter", "image", 1, 6)],
+)
+def test_a_streamed_coreset_equals_the_in_memory_one(
+    method, space, captions_per_image, num_pairs, shapes_pool, tiny_clip_path, tmp_path
+):
+    from diffusers_edge.selection.coreset import select_coreset
+
+    common = {"space": space, "captions_per_image": captions_per_image, "clip_model": tiny_clip_path, "seed": 4,
+              "device": "cpu"}  # fmt: skip
+    held_coreset = select_coreset(shapes_pool, method, num_pairs, **common)
+    streamed_coreset = select_coreset(
+        shapes_pool.to_iterable_dataset(num_shards=3), method, num_pairs, cache_dir=tmp_path / "stores", **common
+    )
+    assert streamed_coreset["image_id"] == held_coreset["image_id"]
+    assert streamed_coreset["captions"] == held_coreset["captions"]
+    assert sum(map(len, streamed_coreset["captions"])) == num_pairs
+    raw = streamed_coreset.cast_column("image", datasets.Image(decode=False))["image"]
+    expected = held_coreset.cast_column("image", datasets.Image(decode=False))["image"]
+    assert [r["bytes"] for r in raw] == [e["bytes"] for e in expected]  # stored as they were, not re-encoded
+    stores = len(list((tmp_path / "stores").iterdir())) if method != "random" else 0
+    assert stores == {"random": 0, "herding": 3, "kcenter": 2 if space == "text" else 1}[method]  # no needless pass
+
+
+def test_a_streamed_coreset_refuses_what_needs_the_whole_pool(shapes_pool):
+    from diffusers_edge.selection.coreset import select_coreset
+
+    stream = shapes_pool.to_iterable_dataset()
+    with pytest.raises(ValueError, match="'forgetting' baseline needs the whole pool in memory"):
+        select_coreset(stream, "forgetting", 5)
+    with pytest.raises(ValueError, match="exceeds the pool: 30 images with captions_per_image=1 give 30 pairs"):
+        select_coreset(stream, "random", 31)
+    with pytest.raises(ValueError, match="captions_per_image must be >= 1"):
+        select_coreset(stream, "random", 3, captions_per_image=0)

@@ -32,7 +32,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,20 +131,20 @@ def embed_images(images: Sequence[Any], clip_model: Any, clip_processor: Any, ba
     return torch.cat(out)
 
 
-def _kept_positions(counts: list[int], captions_per_image: int | None, seed: int) -> list[list[int]]:
-    """Per row, the positions of the captions kept (all, or `captions_per_image` drawn with the seed, in order)."""
-    if captions_per_image is None:
-        return [list(range(n)) for n in counts]
-    if captions_per_image < 1:
-        raise ValueError(f"captions_per_image must be >= 1 or None (all), got {captions_per_image}.")
+def iter_kept_positions(counts: Sequence[int], captions_per_image: int | None, seed: int) -> Iterator[list[int]]:
+    """Per row, the positions of the captions kept: all, or `captions_per_image` drawn with the seed (in order); one
+    row at a time, so a streamed pool draws the same captions without holding a list per row.
+
+    Example:
+        >>> list(iter_kept_positions([3, 1, 2], None, seed=0))
+        [[0, 1, 2], [0], [0, 1]]
+    """
     rng = np.random.default_rng(seed)
-    kept = []
-    for n in counts:
-        if n <= captions_per_image:
-            kept.append(list(range(n)))
+    for n in np.asarray(counts).tolist():
+        if captions_per_image is None or n <= captions_per_image:
+            yield list(range(n))
         else:
-            kept.append(sorted(rng.choice(n, size=captions_per_image, replace=False).tolist()))
-    return kept
+            yield sorted(rng.choice(n, size=captions_per_image, replace=False).tolist())
 
 
 def _order(
@@ -175,7 +176,7 @@ def _order(
 
 
 def select_coreset(
-    dataset: datasets.Dataset,
+    dataset: datasets.Dataset | datasets.IterableDataset,
     method: str,
     num_pairs: int | None = None,
     *,
@@ -186,11 +187,14 @@ def select_coreset(
     device: str | None = None,
     forgetting_epochs: int = 20,
     embeddings: PoolEmbeddings | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> datasets.Dataset:
     """A coreset of real pairs with exactly `num_pairs` (image, caption) pairs, in the normalized form.
 
     Args:
-        dataset: the pool (a normalized dataset, e.g. the training split); extra columns are kept.
+        dataset: the pool (a normalized dataset, e.g. the training split); extra columns are kept. A streamed
+            `IterableDataset` (CC3M-size shards) is read in passes and never held: see
+            `diffusers_edge.selection.coreset_stream` (random, herding and k-center only).
         method: `random`, `herding`, `kcenter`, `forgetting` or `full` (the whole pool; `num_pairs` is ignored).
         num_pairs: the budget in (image, caption) pairs.
         space: the embedding space of herding and k-center: `image`, `text` or `joint`. Forgetting always uses
@@ -202,6 +206,7 @@ def select_coreset(
         forgetting_epochs: length of the forgetting proxy run.
         embeddings: the pool's `embed_pool` result, to reuse across seeds (default: computed here with
             `clip_model`; never computed for `random`).
+        cache_dir: where a streamed pool's embeddings are stored (default `$HF_HOME/diffusers_edge/embeddings`).
 
     Returns:
         The selected rows in the method's order, their `captions` replaced by the kept captions.
@@ -221,11 +226,20 @@ def select_coreset(
         raise ValueError(f"Unknown embedding space {space!r}; choose one of {SPACES}.")
     if method == "forgetting" and space != "joint":
         raise ValueError("The forgetting baseline trains on image and text together: use space='joint'.")
+    if captions_per_image is not None and captions_per_image < 1:
+        raise ValueError(f"captions_per_image must be >= 1 or None (all), got {captions_per_image}.")
+    if isinstance(dataset, datasets.IterableDataset):
+        from .coreset_stream import select_coreset_streamed
+
+        return select_coreset_streamed(
+            dataset, method, num_pairs, space=space, captions_per_image=captions_per_image, clip_model=clip_model,
+            seed=seed, device=device, cache_dir=cache_dir,
+        )  # fmt: skip
     validate_normalized(dataset, name="the coreset pool")
     if method == "full":
         return dataset
     captions = [list(c) for c in dataset[CAPTIONS_COLUMN]]
-    positions = _kept_positions([len(c) for c in captions], captions_per_image, seed)
+    positions = list(iter_kept_positions([len(c) for c in captions], captions_per_image, seed))
     counts = [len(p) for p in positions]
     if num_pairs is None or num_pairs < 1:
         raise ValueError(f"num_pairs must be a positive number of (image, caption) pairs, got {num_pairs!r}.")
