@@ -150,6 +150,25 @@ def test_every_baseline_trains_on_the_coreset_select_coreset_picks(tmp_path, com
     assert record["results"]["train"] == sizes and record["label"].startswith(f"{baseline}")
 
 
+def test_a_streamed_train_source_gives_the_in_memory_coreset(tmp_path, common, tiny_clip_path):
+    shapes = _shapes(common)
+    (tmp_path / "shards").mkdir()
+    for index in range(2):  # CC3M-style Parquet shards of the normalized form
+        shard = shapes["train"].shard(2, index, contiguous=True)
+        shard.to_parquet(str(tmp_path / "shards" / f"train-{index}.parquet"))
+    argv = ["--baseline", "kcenter", "--num_pairs", "6", "--space", "text", "--clip_model", str(tiny_clip_path),
+            "--train_source", str(tmp_path / "shards"), "--train_streaming", "--embedding_cache_dir",
+            str(tmp_path / "stores"), "--output_dir", str(tmp_path / "out"), *common, "--epochs", "1"]  # fmt: skip
+    record = run(build_parser().parse_args(argv), argv)
+    config, student = _same_run(common)
+    coreset = select_coreset(shapes["train"], "kcenter", 6, space="text", clip_model=tiny_clip_path, seed=0)
+    expected = evaluate_dataset(coreset, shapes["test"], config, seeds=[0], **student)
+    assert record["results"]["runs"][0]["losses"] == expected["runs"][0]["losses"]
+    assert len(list((tmp_path / "stores").iterdir())) == 2  # caption embeddings and the text-space points
+    with pytest.raises(ValueError, match="the embedded `shapes` data is built in memory"):
+        run(build_parser().parse_args([*argv[:8], *argv[10:]]))  # no --train_source: the embedded data
+
+
 def test_coreset_seed_fixes_one_coreset_for_every_training_seed(tmp_path, common):
     argv = ["--baseline", "random", "--num_pairs", "6", "--coreset_seed", "5", "--seeds", "0", "1",
             "--output_dir", str(tmp_path), *common, "--epochs", "1"]  # fmt: skip

@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--forgetting_epochs", type=int, default=20, help="length of the forgetting proxy run")
     parser.add_argument("--train_source", default=SOURCE_NAME, help="real pairs for baselines (`shapes` = embedded)")
     parser.add_argument("--train_split", default="train", help='split of --train_source ("" for a single Dataset)')
+    parser.add_argument("--train_streaming", action="store_true",
+                        help="stream --train_source (CC3M-size Parquet / WebDataset shards) for --baseline "
+                        "random / herding / kcenter, never holding it")
+    parser.add_argument("--train_image_column", default=None, help="image column of --train_source (e.g. jpg)")
+    parser.add_argument("--train_caption_column", default=None, help="caption column of --train_source (e.g. txt)")
+    parser.add_argument("--embedding_cache_dir", default=None,
+                        help="where a streamed --train_source's CLIP embeddings are kept (default under HF_HOME)")
     parser.add_argument("--test_source", default=SOURCE_NAME, help="test pairs (`shapes` = the embedded test split)")
     parser.add_argument("--test_split", default="test", help='split of --test_source ("" for a single Dataset)')
     parser.add_argument(
@@ -116,6 +123,18 @@ def load_split(source: str, split: str, args: argparse.Namespace) -> datasets.Da
     return load_source(source, split=split or None)  # "" = a source with one split (e.g. a saved Dataset)
 
 
+def load_streamed_training_pool(args: argparse.Namespace) -> datasets.IterableDataset:
+    """`--train_source` as a stream in the normalized form (`load_source(..., streaming=True)`)."""
+    from ..data.sources import load_source
+
+    if args.train_source == SOURCE_NAME:
+        raise ValueError("--train_streaming streams shards or a Hub dataset; the embedded `shapes` data is built in "
+                         "memory (drop --train_streaming).")  # fmt: skip
+    columns = {"image_column": args.train_image_column, "caption_column": args.train_caption_column}
+    columns = {name: value for name, value in columns.items() if value is not None}
+    return load_source(args.train_source, split=args.train_split or None, streaming=True, **columns)
+
+
 def check_distilled_folder(spec: str) -> None:
     """Refuses an unfinished or mixed distilled-set folder, as `load_distilled` does (card, whole shard series,
     and for a folder `distill` wrote, only the files its run recorded, unchanged). Other specs pass through."""
@@ -154,13 +173,15 @@ def training_set(args: argparse.Namespace) -> tuple[str, datasets.Dataset | Call
 
     if args.baseline != "full" and args.num_pairs is None:
         raise ValueError(f"--baseline {args.baseline} needs --num_pairs (the budget in image-caption pairs).")
-    pool = load_split(args.train_source, args.train_split, args)
+    pool = load_streamed_training_pool(args) if args.train_streaming else load_split(
+        args.train_source, args.train_split, args
+    )
     keep = _captions_per_image(args.captions_per_image)
     if args.baseline == "full":
         return args.label or "full train split", select_coreset(pool, "full")
     label = args.label or f"{args.baseline} {args.num_pairs}"
     embeddings = None
-    if args.baseline != "random":  # computed once, shared by every seed's draw
+    if args.baseline != "random" and not args.train_streaming:  # computed once, shared by every seed's draw
         need_images = args.baseline == "forgetting" or args.space != "text"
         embeddings = embed_pool(pool, args.clip_model_name_or_path, device=args.device, need_images=need_images)
 
@@ -176,6 +197,7 @@ def training_set(args: argparse.Namespace) -> tuple[str, datasets.Dataset | Call
             device=args.device,
             forgetting_epochs=args.forgetting_epochs,
             embeddings=embeddings,
+            cache_dir=args.embedding_cache_dir,  # a streamed pool's stores: embedded once, shared by every seed
         )
 
     if args.coreset_seed is not None:
