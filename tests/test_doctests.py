@@ -16,6 +16,8 @@ MODULES = [
     "diffusers_edge.data.format",
     "diffusers_edge.data.streamed_sources",
     "diffusers_edge.selection.algorithms",
+    "diffusers_edge.selection.store",
+    "diffusers_edge.caption_pool",
     "diffusers_edge.training.objective",
     "diffusers_edge.training.config",
     "diffusers_edge.evaluation.protocol",

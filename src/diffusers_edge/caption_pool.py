@@ -175,6 +175,7 @@ def embed_caption_stream(
 
     Example:
         >>> store = EmbeddingStore.create("cache/captions", rows=len(captions), dim=512, info={"model": "clip"})
+        ... # doctest: +SKIP
         >>> embed_caption_stream(iter(captions), store, model, processor).complete  # doctest: +SKIP
         True
     """

@@ -14,11 +14,11 @@ Stores are kept in `cache_dir` (default: `$HF_HOME/diffusers_edge/embeddings`) u
 the source, so selecting 500 and then 1000 prompts from the same pool embeds it once.
 
 Example:
-    >>> import torch
-    >>> store = EmbeddingStore.create(tmp_path / "store", rows=3, dim=2, info={"model": "m", "source": "s"})
-    >>> store.append(torch.tensor([[1.0, 0.0], [0.0, 1.0]])); store.append(torch.tensor([[0.6, 0.8]]))
+    >>> import tempfile, torch
+    >>> store = EmbeddingStore.create(tempfile.mkdtemp(), rows=3, dim=2, info={"model": "m", "source": "s"})
+    >>> store.append(torch.tensor([[1.0, 0.0], [0.0, 1.0]])); store.append(torch.tensor([[0.5, 0.25]]))
     >>> store.complete, len(store), store.read(1, 3).tolist()
-    (True, 3, [[0.0, 1.0], [0.6000000238418945, 0.800000011920929]])
+    (True, 3, [[0.0, 1.0], [0.5, 0.25]])
 """
 
 from __future__ import annotations
