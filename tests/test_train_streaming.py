@@ -2,6 +2,7 @@
 named by their stream position, a streamed run's weights, and a resume that sees the batches an uninterrupted run
 sees."""
 
+import dataclasses
 import io
 import logging
 import tarfile
@@ -49,15 +50,20 @@ def _parquet_shards(folder, sizes, captions=None):
     return paths
 
 
-def _webdataset_shard(path, size):
-    """A WebDataset .tar of `size` samples: `NNNN.jpg` (JPEG) and `NNNN.txt`."""
-    with tarfile.open(path, "w") as archive:
-        for i in range(size):
-            for extension, data in (("jpg", _image_bytes(i, "JPEG")), ("txt", f"caption {i}".encode())):
-                member = tarfile.TarInfo(f"{i:04d}.{extension}")
-                member.size = len(data)
-                archive.addfile(member, io.BytesIO(data))
-    return str(path)
+def _webdataset_shards(folder, sizes):
+    """WebDataset .tar files of `sizes` samples: `NNNN.jpg` (JPEG) and `NNNN.txt` ("caption i")."""
+    paths, start = [], 0
+    for shard, size in enumerate(sizes):
+        path = folder / f"train-{shard:05d}.tar"
+        with tarfile.open(path, "w") as archive:
+            for i in range(start, start + size):
+                for extension, data in (("jpg", _image_bytes(i, "JPEG")), ("txt", f"caption {i}".encode())):
+                    member = tarfile.TarInfo(f"{i:04d}.{extension}")
+                    member.size = len(data)
+                    archive.addfile(member, io.BytesIO(data))
+        paths.append(str(path))
+        start += size
+    return paths
 
 
 def _config(*extra, **fields):
@@ -83,12 +89,17 @@ def _captions(items, count):
     return [next(iterator)["caption"] for _ in range(count)]
 
 
+# Every pass over a Parquet stream ends with a 5 s sleep in datasets (SLEEP_TIME_ON_THREADS_SHUTDOWN, an Arrow
+# workaround), so the tests that read many passes use WebDataset shards.
+
+
 # ------------------------------------------------------------------------------------------------ flags
 
 
 def test_streaming_flags_parse_round_trip_and_refuse_what_cannot_work():
     config = _config("--streaming", "--train_data_files", "a/*.tar", "b/x.tar", "--max_train_steps", "5")
-    assert config.streaming and config.train_data_files == ["a/*.tar", "b/x.tar"] and config.shuffle_buffer_size == 1000
+    assert config.streaming and config.train_data_files == ["a/*.tar", "b/x.tar"]
+    assert config.shuffle_buffer_size == 1000
     assert parse_args(config.to_argv()) == config
     with pytest.raises(ValueError, match="--streaming needs --max_train_steps"):
         _config("--streaming", "--train_data_files", "x.parquet")
@@ -111,14 +122,14 @@ def test_streaming_flags_parse_round_trip_and_refuse_what_cannot_work():
 
 def test_parquet_and_webdataset_streams_are_read_with_their_columns(tmp_path):
     parquet = _parquet_shards(tmp_path, [3, 2])
-    tar = _webdataset_shard(tmp_path / "train-00000.tar", 4)
-    for files, count in ((parquet, 5), ([tar], 4)):
+    tar = _webdataset_shards(tmp_path, [4])
+    for files, count in ((parquet, 5), (tar, 4)):
         config = _config("--streaming", "--max_train_steps", "1", "--train_data_files", *files)
         stream, caption_column = load_train_stream(config)
         assert isinstance(stream, datasets.IterableDataset) and caption_column == "txt"
         assert sorted(row["txt"] for row in stream) == sorted(f"caption {i}" for i in range(count))
-        item = next(iter(StreamItems(stream, config)))
-        assert item["pixel_values"].shape == (3, 16, 16) and item["caption"].startswith("caption ")
+    item = next(iter(StreamItems(stream, config)))  # the Parquet images are decoded in the train test below
+    assert item["pixel_values"].shape == (3, 16, 16) and item["caption"].startswith("caption ")
     with pytest.raises(ValueError, match=r"--image_column 'png' is not a column .* \['jpg', 'txt'"):
         load_train_stream(_config("--streaming", "--max_train_steps", "1", "--train_data_files", *parquet,
                                   "--image_column", "png"))  # fmt: skip
@@ -141,7 +152,7 @@ def test_a_bad_caption_is_named_by_its_stream_position_and_lists_are_drawn_from(
 
 def test_passes_are_shuffled_differently_and_an_empty_part_is_refused(tmp_path):
     config = _config("--streaming", "--max_train_steps", "1", "--shuffle_buffer_size", "4")
-    config.train_data_files = _parquet_shards(tmp_path, [4, 4])
+    config.train_data_files = _webdataset_shards(tmp_path, [4, 4])
     stream, _ = load_train_stream(config)
     items = StreamItems(stream, config)
     first, second = _captions(items, 8), _captions(StreamItems(stream, config), 16)[8:]
@@ -152,9 +163,10 @@ def test_passes_are_shuffled_differently_and_an_empty_part_is_refused(tmp_path):
 
 
 def test_split_gives_whole_shards_or_every_other_example_disjoint_and_covering(tmp_path, caplog):
-    parquet = _parquet_shards(tmp_path, [3, 4])
-    tar = _webdataset_shard(tmp_path / "train-00000.tar", 5)
-    for files, count, level in ((parquet, 7, "INFO"), ([tar], 5, "WARNING")):
+    for sizes, count, level in (([3, 4], 7, "INFO"), ([5], 5, "WARNING")):
+        folder = tmp_path / f"{len(sizes)}-shards"
+        folder.mkdir()
+        files = _webdataset_shards(folder, sizes)
         config = _config("--streaming", "--max_train_steps", "1", "--train_data_files", *files)
         stream, _ = load_train_stream(config)
         caplog.clear()
@@ -173,7 +185,7 @@ def test_split_gives_whole_shards_or_every_other_example_disjoint_and_covering(t
 
 def test_stream_state_resumes_at_the_same_position_across_passes(tmp_path):
     config = _config("--streaming", "--max_train_steps", "1", "--shuffle_buffer_size", "3", "--random_flip")
-    config.train_data_files = _parquet_shards(tmp_path, [3, 2])
+    config.train_data_files = _webdataset_shards(tmp_path, [3, 2])
     stream, _ = load_train_stream(config)
     full = list(zip(range(13), StreamItems(stream, config)))
     interrupted = StreamItems(stream, config)
@@ -209,10 +221,10 @@ def recorded_batches(monkeypatch):
 
 
 def test_streamed_run_writes_a_lora_that_loads_back(tiny_sd, tiny_clip, tmp_path, recorded_batches):
-    files = _parquet_shards(tmp_path, [3, 3])
-    result = train(_args(tiny_sd, tiny_clip, tmp_path / "out", files, "--max_train_steps", "4",
+    files = _parquet_shards(tmp_path, [4, 4])  # 8 examples, 3 steps of 2: one pass
+    result = train(_args(tiny_sd, tiny_clip, tmp_path / "out", files, "--max_train_steps", "3",
                          "--learning_rate", "1e-2"))  # fmt: skip
-    assert result.global_step == 4 and len(recorded_batches) == 4
+    assert result.global_step == 3 and len(recorded_batches) == 3
     weights = load_file(result.weights_path)
     assert weights and all(torch.isfinite(w).all() for w in weights.values())
     assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora.up" in k)  # LoRA up (B) starts at 0
@@ -228,7 +240,7 @@ def test_streamed_run_writes_a_lora_that_loads_back(tiny_sd, tiny_clip, tmp_path
 
 def test_resumed_streamed_run_sees_the_batches_of_an_uninterrupted_one(tiny_sd, tiny_clip, tmp_path, recorded_batches):
     # 5 examples, batch 2: the checkpoint at step 2 sits at position 4 of pass 0, step 3 spans passes 0 and 1
-    files = [_webdataset_shard(tmp_path / "train-00000.tar", 5)]
+    files = _webdataset_shards(tmp_path, [5])
     flags = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--learning_rate", "1e-2", "--random_flip"]
     flags += ["--shuffle_buffer_size", "3"]
     full = train(_args(tiny_sd, tiny_clip, tmp_path / "full", files, *flags))
@@ -239,7 +251,8 @@ def test_resumed_streamed_run_sees_the_batches_of_an_uninterrupted_one(tiny_sd, 
     train(first)
     state = torch.load(tmp_path / "resumed" / "checkpoint-2" / "custom_checkpoint_0.pkl", weights_only=False)
     assert state["positions"] == [(0, 4)]
-    resumed = train(_args(tiny_sd, tiny_clip, tmp_path / "resumed", files, *flags, "--resume_from_checkpoint", "latest"))
+    resume = _args(tiny_sd, tiny_clip, tmp_path / "resumed", files, *flags, "--resume_from_checkpoint", "latest")
+    resumed = train(resume)
     assert full.global_step == resumed.global_step == 4 and len(recorded_batches) == len(uninterrupted) == 4
     for (ids, pixels), (ids_full, pixels_full) in zip(recorded_batches, uninterrupted):
         assert torch.equal(ids, ids_full) and torch.equal(pixels, pixels_full)
@@ -247,3 +260,7 @@ def test_resumed_streamed_run_sees_the_batches_of_an_uninterrupted_one(tiny_sd, 
     a, b = load_file(full.weights_path), load_file(resumed.weights_path)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    # the same files loaded map-style: the checkpoint's stream position has nowhere to go
+    map_style = dataclasses.replace(resume, streaming=False)
+    with pytest.raises(RuntimeError, match="could not be loaded .* custom checkpoints"):
+        train(map_style)
