@@ -34,12 +34,14 @@ CAPTION_COLUMN_CANDIDATES = ("captions", "text", "caption")
 def load_train_dataset(
     config: TrainingConfig, dataset: datasets.Dataset | None = None
 ) -> tuple[datasets.Dataset, str]:
-    """The training split from `dataset`, `--dataset_name` or `--train_data_dir`, with its columns checked, and its
-    caption column: `--caption_column`, or the first of `CAPTION_COLUMN_CANDIDATES` the data has (`config` is not
-    changed; `train` runs on a copy of it with that column).
+    """The training split from `dataset`, `--dataset_name`, `--train_data_dir` or `--train_data_files` (map-style),
+    with its columns checked, and its caption column: `--caption_column`, or the first of `CAPTION_COLUMN_CANDIDATES`
+    the data has (`config` is not changed; `train` runs on a copy of it with that column). `--streaming` reads the
+    data with `streaming.load_train_stream` instead.
 
-    Raises `ValueError` if no source is given, if the image or caption column is missing, or if an image has no
-    caption or an empty one (naming the row). Images are not decoded here.
+    Raises `ValueError` if no source is given, if the data is a stream (`datasets.IterableDataset`), if the image or
+    caption column is missing, or if an image has no caption or an empty one (naming the row). Images are not
+    decoded here.
 
     Example:
         >>> dataset, caption_column = load_train_dataset(config)  # doctest: +SKIP
