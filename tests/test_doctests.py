@@ -20,6 +20,8 @@ MODULES = [
     "diffusers_edge.caption_pool",
     "diffusers_edge.training.objective",
     "diffusers_edge.training.config",
+    "diffusers_edge.training.data",
+    "diffusers_edge.training.streaming",
     "diffusers_edge.evaluation.protocol",
     "diffusers_edge.evaluation.report",
     "diffusers_edge.shapes.objects",

@@ -73,18 +73,24 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)  # resolves every annotation of the class: once per class, not per field
 
 
-def flag_type(cls: type, config_field: Field) -> type:
-    """What a field's flag parses each value to: its annotation without `| None`, a list's item type, or `bool`."""
+def _hint(cls: type, config_field: Field) -> Any:
+    """A field's annotation without `| None`."""
     hint = _type_hints(cls)[config_field.name]
     if isinstance(hint, types.UnionType):
         (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return hint
+
+
+def flag_type(cls: type, config_field: Field) -> type:
+    """What a field's flag parses each value to: its annotation without `| None`, a list's item type, or `bool`."""
+    hint = _hint(cls, config_field)
     if typing.get_origin(hint) is list:
         (hint,) = typing.get_args(hint)
     return hint
 
 
 def _is_list(cls: type, config_field: Field) -> bool:
-    return typing.get_origin(_type_hints(cls)[config_field.name]) is list
+    return typing.get_origin(_hint(cls, config_field)) is list
 
 
 def _default(config_field: Field) -> Any:

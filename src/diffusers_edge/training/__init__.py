@@ -6,6 +6,8 @@ One concept per module:
   `check_args`;
 - `objective`: `EDGELossConfig` and `EDGEObjective`, the EDGE loss on one batch (one-step x0 or rollouts, CLIP);
 - `data`: the training split (`load_train_dataset`), seeded items, per-process batches and collation;
+- `streaming`: training from a stream (`--streaming`): the stream, its split across processes, its items and the
+  position checkpoints record;
 - `adapters`: what is tuned (LoRA or DiffFit) and how those weights are saved and loaded;
 - `checkpoints`: resumable `checkpoint-N` folders;
 - `model_card`: the model card and the Hub upload;
@@ -35,12 +37,17 @@ _SUBMODULES = {
         "CHECKPOINT_PATTERN", "PARTIAL_SUFFIX", "checkpoint_problem", "checkpoint_step", "list_checkpoints",
         "resolve_checkpoint",
     ),
-    ".config": ("TrainingConfig", "build_parser", "check_args", "parse_args", "report_to_trackers"),
+    ".config": (
+        "DATA_FILE_BUILDERS", "TrainingConfig", "build_parser", "check_args", "data_files_builder", "parse_args",
+        "report_to_trackers",
+    ),
     ".data": (
-        "CAPTION_COLUMN_CANDIDATES", "EDGECollator", "EDGETrainItems", "EpochBatchSampler", "load_train_dataset",
+        "CAPTION_COLUMN_CANDIDATES", "EDGECollator", "EDGETrainItems", "EpochBatchSampler", "as_image_column",
+        "load_train_dataset", "load_train_source", "resolve_caption_column", "seeded_random", "train_item",
     ),
     ".loop": ("AccumulatedLoss", "TrainingResult", "check_model_flags", "check_training_finite", "train"),
     ".model_card": ("hub_base_model", "push_training_output", "save_model_card"),
+    ".streaming": ("StreamItems", "StreamPosition", "load_train_stream", "split_stream", "stream_batches"),
     ".objective": (
         "CLIP_LOSS_INPUTS", "EDGELossConfig", "EDGELossOutput", "EDGEObjective", "check_clip_model",
         "clip_pixel_values", "empty_caption_states", "predict_x0", "rollout_latents",
@@ -71,8 +78,27 @@ if TYPE_CHECKING:
         list_checkpoints,
         resolve_checkpoint,
     )
-    from .config import TrainingConfig, build_parser, check_args, parse_args, report_to_trackers
-    from .data import CAPTION_COLUMN_CANDIDATES, EDGECollator, EDGETrainItems, EpochBatchSampler, load_train_dataset
+    from .config import (
+        DATA_FILE_BUILDERS,
+        TrainingConfig,
+        build_parser,
+        check_args,
+        data_files_builder,
+        parse_args,
+        report_to_trackers,
+    )
+    from .data import (
+        CAPTION_COLUMN_CANDIDATES,
+        EDGECollator,
+        EDGETrainItems,
+        EpochBatchSampler,
+        as_image_column,
+        load_train_dataset,
+        load_train_source,
+        resolve_caption_column,
+        seeded_random,
+        train_item,
+    )
     from .loop import AccumulatedLoss, TrainingResult, check_model_flags, check_training_finite, train
     from .model_card import hub_base_model, push_training_output, save_model_card
     from .objective import (
@@ -86,3 +112,4 @@ if TYPE_CHECKING:
         predict_x0,
         rollout_latents,
     )
+    from .streaming import StreamItems, StreamPosition, load_train_stream, split_stream, stream_batches

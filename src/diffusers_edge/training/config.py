@@ -43,6 +43,8 @@ TRACKER_PACKAGES = {
     "swanlab": "swanlab",
     "trackio": "trackio",
 }
+# the datasets builder each --train_data_files extension is read with
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".tar": "webdataset"}
 # torchvision's interpolation modes, named as diffusers' --image_interpolation_mode names them.
 INTERPOLATION_MODES = [mode.name.lower() for mode in TF.InterpolationMode]
 
@@ -84,6 +86,17 @@ class TrainingConfig:
     dataset_name: str | None = flag(DATA, None, "Hub dataset or local folder for load_dataset.")
     dataset_config_name: str | None = flag(DATA, None, "The dataset's config, if it has several.")
     train_data_dir: str | None = flag(DATA, None, "An imagefolder with metadata.jsonl captions.")
+    train_data_files: list[str] | None = flag(
+        DATA,
+        None,
+        "Local Parquet files or WebDataset .tar shards (paths or globs, all of one kind), e.g. CC3M's shards.",
+    )
+    streaming: bool = flag(
+        DATA,
+        False,
+        "Stream the data (load_dataset(..., streaming=True)) instead of loading it; needs --max_train_steps.",
+    )
+    shuffle_buffer_size: int = flag(DATA, 1000, "Examples in the shuffle buffer of a streamed source.")
     image_column: str = flag(DATA, "image", "Column holding the images.")
     caption_column: str | None = flag(
         DATA, None, "Column holding a caption or a list of captions (default: the first of captions, text, caption)."
@@ -234,6 +247,8 @@ class TrainingConfig:
                 argv.append(flag)
             elif value is None:
                 raise ValueError(f"TrainingConfig.{config_field.name}=None has no flag (its default is not None).")
+            elif isinstance(value, list):
+                argv += [flag, *map(str, value)]
             else:
                 text = str(value)  # `--flag=-x`: a value that starts with "-" must not read as a flag
                 argv += [f"{flag}={text}"] if text.startswith("-") else [flag, text]
@@ -302,8 +317,15 @@ def check_args(config: TrainingConfig) -> None:
         raise ValueError(f"--lora_layers must be comma-separated module names, got {config.lora_layers!r}.")
     if config.lora_alpha is not None and config.lora_alpha <= 0:
         raise ValueError(f"--lora_alpha must be positive, got {config.lora_alpha}.")
-    if config.dataset_name is not None and config.train_data_dir is not None:
-        raise ValueError("give either --dataset_name or --train_data_dir, not both.")
+    sources = [name for name in ("dataset_name", "train_data_dir", "train_data_files") if getattr(config, name)]
+    if len(sources) > 1:
+        raise ValueError(f"give one data source, not {' and '.join('--' + name for name in sources)}.")
+    if config.train_data_files is not None:
+        data_files_builder(config.train_data_files)
+    if config.shuffle_buffer_size <= 0:
+        raise ValueError(f"--shuffle_buffer_size must be positive, got {config.shuffle_buffer_size}.")
+    if config.streaming:
+        _check_streaming(config)
     if config.snr_gamma is not None and config.snr_gamma <= 0:
         raise ValueError(f"--snr_gamma must be positive when given, got {config.snr_gamma}.")
     if config.noise_offset < 0:
@@ -320,6 +342,43 @@ def check_args(config: TrainingConfig) -> None:
             "--hub_token with --report_to wandb would expose the token in the run's logged config; "
             "log in with `hf auth login` instead (diffusers refuses the same combination)."
         )
+
+
+def _check_streaming(config: TrainingConfig) -> None:
+    if config.max_train_steps is None:
+        raise ValueError("--streaming needs --max_train_steps: a stream has no length, so a run has no epochs.")
+    if config.max_train_samples is not None:
+        raise ValueError(
+            "--max_train_samples cannot be used with --streaming (a stream is read in its own order, not indexed); "
+            "give --train_data_files fewer shards, or drop --streaming."
+        )
+    if config.dataloader_num_workers > 0:
+        raise ValueError(
+            "--dataloader_num_workers must be 0 with --streaming: the stream's position, which checkpoints record "
+            "for an exact resume, is counted in the training process."
+        )
+
+
+def data_files_builder(data_files: Sequence[str]) -> str:
+    """The `datasets` builder for `--train_data_files`, from the files' extension: `parquet` for `.parquet`,
+    `webdataset` for `.tar`. `ValueError` for no files, another extension, or a mix.
+
+    Example:
+        >>> data_files_builder(["cc3m/train-*.tar"])
+        'webdataset'
+    """
+    builders = set()
+    for path in data_files:
+        extension = os.path.splitext(path)[1].lower()
+        if extension not in DATA_FILE_BUILDERS:
+            raise ValueError(
+                f"--train_data_files {path!r}: cannot tell the format from {extension or 'no extension'!r}; "
+                f"give {' or '.join(DATA_FILE_BUILDERS)} files."
+            )
+        builders.add(DATA_FILE_BUILDERS[extension])
+    if len(builders) != 1:
+        raise ValueError(f"--train_data_files must all be of one kind, got {sorted(builders) or 'no files'}.")
+    return builders.pop()
 
 
 def _require_package(flag: str, package: str) -> None:

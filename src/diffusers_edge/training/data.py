@@ -22,6 +22,7 @@ import torchvision.transforms.functional as TF
 
 from ..data.format import caption_list
 from ..losses import caption_group_ids
+from .config import data_files_builder
 
 if TYPE_CHECKING:
     from .config import TrainingConfig
@@ -33,28 +34,22 @@ CAPTION_COLUMN_CANDIDATES = ("captions", "text", "caption")
 def load_train_dataset(
     config: TrainingConfig, dataset: datasets.Dataset | None = None
 ) -> tuple[datasets.Dataset, str]:
-    """The training split from `dataset`, `--dataset_name` or `--train_data_dir`, with its columns checked, and its
-    caption column: `--caption_column`, or the first of `CAPTION_COLUMN_CANDIDATES` the data has (`config` is not
-    changed; `train` runs on a copy of it with that column).
+    """The training split from `dataset`, `--dataset_name`, `--train_data_dir` or `--train_data_files` (map-style),
+    with its columns checked, and its caption column: `--caption_column`, or the first of `CAPTION_COLUMN_CANDIDATES`
+    the data has (`config` is not changed; `train` runs on a copy of it with that column). `--streaming` reads the
+    data with `streaming.load_train_stream` instead.
 
-    Raises `ValueError` if no source is given, if the image or caption column is missing, or if an image has no
-    caption or an empty one (naming the row). Images are not decoded here.
+    Raises `ValueError` if no source is given, if the data is a stream (`datasets.IterableDataset`), if the image or
+    caption column is missing, or if an image has no caption or an empty one (naming the row). Images are not
+    decoded here.
 
     Example:
         >>> dataset, caption_column = load_train_dataset(config)  # doctest: +SKIP
     """
+    if isinstance(dataset, datasets.IterableDataset):
+        raise ValueError("the training data is a stream (an IterableDataset): train it with --streaming.")
     if dataset is None:
-        if config.dataset_name is not None:
-            dataset = datasets.load_dataset(
-                config.dataset_name, config.dataset_config_name, cache_dir=config.cache_dir, split="train"
-            )
-        elif config.train_data_dir is not None:
-            if not Path(config.train_data_dir).is_dir():
-                raise ValueError(f"--train_data_dir {config.train_data_dir!r} is not a folder.")
-            dataset = datasets.load_dataset("imagefolder", data_dir=config.train_data_dir, cache_dir=config.cache_dir)
-            dataset = dataset["train"]
-        else:
-            raise ValueError("no training data: give --dataset_name or --train_data_dir (or pass a Dataset).")
+        dataset = load_train_source(config)
     if isinstance(dataset, datasets.DatasetDict):
         if "train" not in dataset:
             raise ValueError(f"the dataset has no 'train' split (splits: {list(dataset)}).")
@@ -64,7 +59,7 @@ def load_train_dataset(
             f"--image_column {config.image_column!r} is not a column of the training data; its columns are "
             f"{dataset.column_names}."
         )
-    caption_column = _caption_column(config.caption_column, dataset.column_names)
+    caption_column = resolve_caption_column(config.caption_column, dataset.column_names)
     if config.max_train_samples is not None:
         dataset = dataset.select(range(min(config.max_train_samples, len(dataset))))
     if len(dataset) == 0:
@@ -74,7 +69,57 @@ def load_train_dataset(
     return dataset, caption_column
 
 
-def _caption_column(name: str | None, columns: list[str]) -> str:
+def load_train_source(config: TrainingConfig, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
+    """The `train` split that `--train_data_files`, `--dataset_name` or `--train_data_dir` names, as
+    `datasets.load_dataset` gives it (a stream when `streaming`), columns not checked yet.
+
+    `--train_data_files` images stored as bytes (e.g. a Parquet binary column) are read as `datasets.Image`.
+
+    Example:
+        >>> stream = load_train_source(config, streaming=True)  # doctest: +SKIP
+    """
+    common = {"cache_dir": config.cache_dir, "streaming": streaming}
+    if config.train_data_files is not None:
+        builder = data_files_builder(config.train_data_files)
+        dataset = datasets.load_dataset(builder, data_files=config.train_data_files, split="train", **common)
+        return as_image_column(dataset, config.image_column)
+    if config.dataset_name is not None:
+        return datasets.load_dataset(config.dataset_name, config.dataset_config_name, split="train", **common)
+    if config.train_data_dir is not None:
+        if not Path(config.train_data_dir).is_dir():
+            raise ValueError(f"--train_data_dir {config.train_data_dir!r} is not a folder.")
+        return datasets.load_dataset("imagefolder", data_dir=config.train_data_dir, **common)["train"]
+    raise ValueError(
+        "no training data: give --dataset_name, --train_data_dir or --train_data_files (or pass a Dataset)."
+    )
+
+
+def as_image_column(
+    dataset: datasets.Dataset | datasets.IterableDataset, column: str, decode: bool = True
+) -> datasets.Dataset | datasets.IterableDataset:
+    """`dataset` with `column` read as `datasets.Image(decode=decode)` when its features are known and the column
+    exists (image bytes, `{"bytes", "path"}` structs or images); otherwise `dataset` itself.
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"jpg": [b"not read until accessed"]})
+        >>> as_image_column(ds, "jpg").features["jpg"]
+        Image(mode=None, decode=True)
+    """
+    if dataset.features is None or column not in dataset.features:
+        return dataset
+    if dataset.features[column] == datasets.Image(decode=decode):
+        return dataset
+    return dataset.cast_column(column, datasets.Image(decode=decode))
+
+
+def resolve_caption_column(name: str | None, columns: list[str]) -> str:
+    """`--caption_column` checked against the data's `columns`, or the first of `CAPTION_COLUMN_CANDIDATES` they
+    hold; `ValueError` listing the columns otherwise.
+
+    Example:
+        >>> resolve_caption_column(None, ["jpg", "text"])
+        'text'
+    """
     if name is not None:
         if name not in columns:
             raise ValueError(
@@ -90,8 +135,13 @@ def _caption_column(name: str | None, columns: list[str]) -> str:
     )
 
 
-def _rng(*keys: int) -> random.Random:
-    """A private random stream for one (seed, epoch, index, ...) key: the same key always draws the same values."""
+def seeded_random(*keys: int) -> random.Random:
+    """A private random stream for one (seed, epoch, index, ...) key: the same key always draws the same values.
+
+    Example:
+        >>> seeded_random(0, 1, 2).random() == seeded_random(0, 1, 2).random()
+        True
+    """
     return random.Random(int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0]))
 
 
@@ -110,38 +160,50 @@ class EDGETrainItems(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         row, epoch = key
-        config = self.config
-        rng = _rng(config.seed, epoch, row)
         record = self.dataset[row]
-        image = record[config.image_column]
-        if not isinstance(image, PIL.Image.Image):
-            raise ValueError(
-                f"training row {row}: column {config.image_column!r} holds {type(image).__name__}, not an image."
-            )
-        record_name = f"training row {row} (column {config.caption_column!r})"
-        captions = caption_list(record[config.caption_column], record_name)
-        caption = captions[rng.randrange(len(captions))]
-        keep = rng.random() >= config.caption_dropout
-        return {
-            "pixel_values": self._pixels(image.convert("RGB"), rng),
-            "caption": caption,
-            "unet_caption": caption if keep else "",
-            "keep": keep,
-        }
+        rng = seeded_random(self.config.seed, epoch, row)
+        image, captions = record[self.config.image_column], record[self.config.caption_column]
+        return train_item(image, captions, self.config, rng, f"training row {row}")
 
-    def _pixels(self, image: PIL.Image.Image, rng: random.Random) -> torch.Tensor:
-        size = self.config.resolution
-        mode = TF.InterpolationMode[self.config.image_interpolation_mode.upper()]
-        image = TF.resize(image, size, interpolation=mode)
-        if self.config.center_crop:
-            image = TF.center_crop(image, [size, size])
-        else:
-            top = rng.randint(0, image.height - size)
-            left = rng.randint(0, image.width - size)
-            image = TF.crop(image, top, left, size, size)
-        if self.config.random_flip and rng.random() < 0.5:
-            image = TF.hflip(image)
-        return TF.to_tensor(image) * 2 - 1
+
+def train_item(
+    image: Any, caption_cell: Any, config: TrainingConfig, rng: random.Random, record: str
+) -> dict[str, Any]:
+    """One training item: a caption drawn from the cell, caption dropout, the image resized, cropped and flipped, all
+    drawn from `rng` in that order. `record` names the example in errors (not an image, no or an empty caption).
+
+    Example:
+        >>> item = train_item(image, ["a red circle"], config, seeded_random(0, 0, 3), "training row 3")
+        ... # doctest: +SKIP
+        >>> item["pixel_values"].shape, item["caption"]  # doctest: +SKIP
+        (torch.Size([3, 512, 512]), 'a red circle')
+    """
+    if not isinstance(image, PIL.Image.Image):
+        raise ValueError(f"{record}: column {config.image_column!r} holds {type(image).__name__}, not an image.")
+    captions = caption_list(caption_cell, f"{record} (column {config.caption_column!r})")
+    caption = captions[rng.randrange(len(captions))]
+    keep = rng.random() >= config.caption_dropout
+    return {
+        "pixel_values": _pixels(image.convert("RGB"), config, rng),
+        "caption": caption,
+        "unet_caption": caption if keep else "",
+        "keep": keep,
+    }
+
+
+def _pixels(image: PIL.Image.Image, config: TrainingConfig, rng: random.Random) -> torch.Tensor:
+    size = config.resolution
+    mode = TF.InterpolationMode[config.image_interpolation_mode.upper()]
+    image = TF.resize(image, size, interpolation=mode)
+    if config.center_crop:
+        image = TF.center_crop(image, [size, size])
+    else:
+        top = rng.randint(0, image.height - size)
+        left = rng.randint(0, image.width - size)
+        image = TF.crop(image, top, left, size, size)
+    if config.random_flip and rng.random() < 0.5:
+        image = TF.hflip(image)
+    return TF.to_tensor(image) * 2 - 1
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):

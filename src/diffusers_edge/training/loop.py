@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from .config import TrainingConfig, check_args, report_to_trackers
 from .data import EDGECollator, EDGETrainItems, EpochBatchSampler, load_train_dataset
 from .model_card import push_training_output, save_model_card
 from .objective import EDGELossOutput, EDGEObjective, check_clip_model, empty_caption_states
+from .streaming import StreamItems, load_train_stream, split_stream, stream_batches
 
 logger = get_logger(__name__)
 
@@ -101,7 +103,9 @@ def _load_models(config: TrainingConfig) -> dict[str, Any]:
     return models
 
 
-def train(config: TrainingConfig, dataset: datasets.Dataset | None = None) -> TrainingResult:
+def train(
+    config: TrainingConfig, dataset: datasets.Dataset | datasets.IterableDataset | None = None
+) -> TrainingResult:
     """Fine-tunes the UNet with the EDGE objective and writes the LoRA (or DiffFit file) and a model card.
 
     Runs unchanged in one process or under `accelerate launch` / `torchrun` (DDP). Bad input (missing columns,
@@ -110,7 +114,8 @@ def train(config: TrainingConfig, dataset: datasets.Dataset | None = None) -> Tr
 
     Args:
         config: the settings, from `parse_args` or built directly (`check_args` runs on it again here).
-        dataset: an already loaded training `datasets.Dataset`; overrides `--dataset_name` / `--train_data_dir`.
+        dataset: an already loaded training `datasets.Dataset` (or, with `--streaming`, a
+            `datasets.IterableDataset`); overrides `--dataset_name` / `--train_data_dir` / `--train_data_files`.
 
     Returns:
         A `TrainingResult` with the weights file and the last step's logs.
@@ -146,7 +151,8 @@ def train(config: TrainingConfig, dataset: datasets.Dataset | None = None) -> Tr
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    dataset, caption_column = load_train_dataset(config, dataset)
+    load = load_train_stream if config.streaming else load_train_dataset
+    dataset, caption_column = load(config, dataset)
     config = dataclasses.replace(config, caption_column=caption_column)  # the caller's config stays as it was
     models = _load_models(config)
     unet, vae, text_encoder, clip_model = models["unet"], models["vae"], models["text_encoder"], models["clip_model"]
@@ -174,25 +180,33 @@ def train(config: TrainingConfig, dataset: datasets.Dataset | None = None) -> Tr
     if config.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
 
-    sampler = EpochBatchSampler(
-        len(dataset), config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes
-    )
-    dataloader = torch.utils.data.DataLoader(
-        EDGETrainItems(dataset, config),
-        batch_sampler=sampler,
-        collate_fn=EDGECollator(models["tokenizer"], clip_processor.tokenizer),
-        num_workers=config.dataloader_num_workers,
-    )
-    # whole accumulation cycles per epoch: the leftover batches of an epoch are skipped, so optimiser steps line up
-    # with epochs (and with the resume position)
-    updates_per_epoch = len(dataloader) // config.gradient_accumulation_steps
-    if updates_per_epoch == 0:
-        raise ValueError(
-            f"--gradient_accumulation_steps {config.gradient_accumulation_steps} exceeds the {len(dataloader)} "
-            "batches per epoch of each process; lower it or the batch size."
+    collator = EDGECollator(models["tokenizer"], clip_processor.tokenizer)
+    if config.streaming:
+        stream = split_stream(dataset, accelerator.process_index, accelerator.num_processes)
+        items = StreamItems(stream, config, accelerator.process_index, accelerator.num_processes)
+        dataloader = torch.utils.data.DataLoader(items, batch_size=config.train_batch_size, collate_fn=collator)
+        accelerator.register_for_checkpointing(items)  # the stream position travels in every checkpoint
+        max_train_steps = config.max_train_steps
+    else:
+        sampler = EpochBatchSampler(
+            len(dataset), config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes
         )
-    max_train_steps = config.max_train_steps or config.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+        dataloader = torch.utils.data.DataLoader(
+            EDGETrainItems(dataset, config),
+            batch_sampler=sampler,
+            collate_fn=collator,
+            num_workers=config.dataloader_num_workers,
+        )
+        # whole accumulation cycles per epoch: the leftover batches of an epoch are skipped, so optimiser steps line
+        # up with epochs (and with the resume position)
+        updates_per_epoch = len(dataloader) // config.gradient_accumulation_steps
+        if updates_per_epoch == 0:
+            raise ValueError(
+                f"--gradient_accumulation_steps {config.gradient_accumulation_steps} exceeds the {len(dataloader)} "
+                "batches per epoch of each process; lower it or the batch size."
+            )
+        max_train_steps = config.max_train_steps or config.num_train_epochs * updates_per_epoch
+        num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     learning_rate = config.learning_rate
     if config.scale_lr:
         learning_rate *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
@@ -233,55 +247,60 @@ def train(config: TrainingConfig, dataset: datasets.Dataset | None = None) -> Tr
         logger.info("resumed from %s at step %d", checkpoint, global_step)
     elif config.resume_from_checkpoint == "latest":
         logger.info("no checkpoint in %s: starting a new run", output_dir)
-    first_epoch = global_step // updates_per_epoch
-    sampler.skip = (global_step % updates_per_epoch) * config.gradient_accumulation_steps
-
-    logger.info(
-        "training: %d images, %d epochs, batch %d x %d processes x %d accumulation, %d steps",
-        len(dataset), num_epochs, config.train_batch_size, accelerator.num_processes,
-        config.gradient_accumulation_steps, max_train_steps,
-    )  # fmt: skip
+    if config.streaming:
+        first_index = global_step * config.gradient_accumulation_steps
+        batches = stream_batches(dataloader, config.seed, accelerator.process_index, first_index)
+        logger.info(
+            "training on a stream: batch %d x %d processes x %d accumulation, %d steps",
+            config.train_batch_size, accelerator.num_processes, config.gradient_accumulation_steps, max_train_steps,
+        )  # fmt: skip
+    else:
+        first_epoch = global_step // updates_per_epoch
+        sampler.skip = (global_step % updates_per_epoch) * config.gradient_accumulation_steps
+        per_epoch = updates_per_epoch * config.gradient_accumulation_steps
+        epochs = range(first_epoch, num_epochs)
+        batches = _epoch_batches(dataloader, sampler, epochs, per_epoch, config.seed, accelerator.process_index)
+        logger.info(
+            "training: %d images, %d epochs, batch %d x %d processes x %d accumulation, %d steps",
+            len(dataset), num_epochs, config.train_batch_size, accelerator.num_processes,
+            config.gradient_accumulation_steps, max_train_steps,
+        )  # fmt: skip
     progress = tqdm(
         range(max_train_steps), initial=global_step, desc="EDGE steps", disable=not accelerator.is_local_main_process
     )
     logs: dict[str, float] = {}
     meter = AccumulatedLoss()
     trainable = [(name, p) for name, p in accelerator.unwrap_model(unet).named_parameters() if p.requires_grad]
-    for epoch in range(first_epoch, num_epochs):
-        unet.train()
-        sampler.set_epoch(epoch)
-        batch_offset = sampler.skip
-        for index, batch in enumerate(dataloader, start=batch_offset):
-            if index >= updates_per_epoch * config.gradient_accumulation_steps:
-                break
-            keys = [config.seed, epoch, index, accelerator.process_index]
-            generator = torch.Generator().manual_seed(int(np.random.SeedSequence(keys).generate_state(1)[0]))
-            with accelerator.accumulate(unet):
-                output = objective(batch, generator=generator)
-                meter.add(output)
-                accelerator.backward(output.loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            logs = meter.logs(accelerator, lr_scheduler.get_last_lr()[0])
-            check_training_finite(logs, trainable, global_step, output_dir)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}", L_C=f"{logs['loss_contrastive']:.3f}")
-            accelerator.log(logs, step=global_step)
-            if global_step % config.checkpointing_steps == 0:
-                save_checkpoint(accelerator, config, output_dir, global_step)
+    unet.train()
+    for epoch, keys, batch in batches:
+        if batch is None:  # the end of an epoch (map-style data only); the final weights are validated after the loop
+            last_epoch = global_step >= max_train_steps or epoch + 1 == num_epochs
+            due = (epoch + 1) % config.validation_epochs == 0
+            if config.validation_prompt and accelerator.is_main_process and due and not last_epoch:
+                _validate(accelerator, config, models, accelerator.unwrap_model(unet), global_step)
             if global_step >= max_train_steps:
                 break
-        last_epoch = global_step >= max_train_steps or epoch + 1 == num_epochs
-        # the final weights are validated once, after the loop
-        due = (epoch + 1) % config.validation_epochs == 0
-        if config.validation_prompt and accelerator.is_main_process and due and not last_epoch:
-            _validate(accelerator, config, models, accelerator.unwrap_model(unet), global_step)
+            continue
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence(keys).generate_state(1)[0]))
+        with accelerator.accumulate(unet):
+            output = objective(batch, generator=generator)
+            meter.add(output)
+            accelerator.backward(output.loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        global_step += 1
+        progress.update(1)
+        logs = meter.logs(accelerator, lr_scheduler.get_last_lr()[0])
+        check_training_finite(logs, trainable, global_step, output_dir)
+        progress.set_postfix(loss=f"{logs['loss']:.4f}", L_C=f"{logs['loss_contrastive']:.3f}")
+        accelerator.log(logs, step=global_step)
+        if global_step % config.checkpointing_steps == 0:
+            save_checkpoint(accelerator, config, output_dir, global_step)
         if global_step >= max_train_steps:
             break
 
@@ -300,6 +319,25 @@ def train(config: TrainingConfig, dataset: datasets.Dataset | None = None) -> Tr
     accelerator.wait_for_everyone()  # the other processes wait while the main one saves and validates
     accelerator.end_training()
     return TrainingResult(output_dir, weights, global_step, logs)
+
+
+def _epoch_batches(
+    dataloader: torch.utils.data.DataLoader,
+    sampler: EpochBatchSampler,
+    epochs: range,
+    per_epoch: int,
+    seed: int,
+    process_index: int,
+) -> Iterator[tuple[int, list[int] | None, dict[str, torch.Tensor] | None]]:
+    """`(epoch, noise keys, batch)` of map-style data, the first `per_epoch` micro-batches of each epoch (from
+    `sampler.skip` in the first), keyed `(seed, epoch, index, process_index)`; `(epoch, None, None)` ends an epoch."""
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        for index, batch in enumerate(dataloader, start=sampler.skip):
+            if index >= per_epoch:
+                break
+            yield epoch, [seed, epoch, index, process_index], batch
+        yield epoch, None, None
 
 
 def _optimizer(config: TrainingConfig, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:

@@ -79,7 +79,8 @@ def save_model_card(
 
     output_dir = Path(output_dir)
     base = config.pretrained_model_name_or_path
-    data = config.dataset_name or config.train_data_dir or "an in-memory datasets.Dataset"
+    files = ", ".join(config.train_data_files or [])
+    data = config.dataset_name or config.train_data_dir or files or "an in-memory datasets.Dataset"
     for stale in output_dir.glob("image_*.png"):
         stale.unlink()
     for i, image in enumerate(images):
