@@ -173,6 +173,9 @@ def kmeans(
     return centers
 
 
+_KEY_ROWS = 1024  # rows turned into int64 keys at once: 8 MB at 1000 centroids, where a whole chunk took 66 MB
+
+
 def _nearest_points(points: Points, centers: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per center, its `keep` nearest points, nearest first, ties to the lower index, in one pass over the pool:
     `[keep, centers]` squared distances and indices.
@@ -182,10 +185,12 @@ def _nearest_points(points: Points, centers: torch.Tensor, keep: int) -> tuple[t
     """
     best = torch.zeros((0, len(centers)), dtype=torch.int64)
     for start, chunk in iter_chunks(points):
-        bits = _sq_distances(chunk, centers).view(torch.int32).to(torch.int64)
-        rows = torch.arange(start, start + len(chunk), dtype=torch.int64).unsqueeze(1)
-        keys = torch.cat([best, bits.bitwise_left_shift_(32).bitwise_or_(rows)])
-        best = torch.topk(keys, min(keep, len(keys)), dim=0, largest=False, sorted=True).values
+        distances = _sq_distances(chunk, centers)
+        for offset in range(0, len(chunk), _KEY_ROWS):  # keys are unique, so the pieces do not change the result
+            bits = distances[offset : offset + _KEY_ROWS].view(torch.int32).to(torch.int64)
+            rows = torch.arange(start + offset, start + offset + len(bits), dtype=torch.int64).unsqueeze(1)
+            keys = torch.cat([best, bits.bitwise_left_shift_(32).bitwise_or_(rows)])
+            best = torch.topk(keys, min(keep, len(keys)), dim=0, largest=False, sorted=True).values
     return best.bitwise_right_shift(32).to(torch.int32).view(torch.float32), best.bitwise_and(0xFFFFFFFF)
 
 
