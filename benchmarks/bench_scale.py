@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work_dir", default="bench-scale", help="shards and embedding stores (GBs at 3M)")
     parser.add_argument("--clip_model", default=None, help="default: the tiny CLIP of the shipped scenes stack")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--only_selection", action="store_true",
+                        help="skip the count and embedding stages (their stores exist from an earlier run)")
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # a child process's one measurement
     parser.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--method", default=None, help=argparse.SUPPRESS)
@@ -190,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     for size in sizes:
         in_memory = size <= args.in_memory_max
         for stage in ("count", "embed") + (("embed-memory",) if size == sizes[0] else ()):
-            record({"size": size, "stage": stage, **child(args, stage, size)})
+            if not args.only_selection:
+                record({"size": size, "stage": stage, **child(args, stage, size)})
         for method in args.methods:
             for budget in args.budgets:
                 streamed = child(args, "select-store", size, method, budget)
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
                     if not held["same_selection"]:
                         raise SystemExit(f"{method} {budget} at {size}: the store and the tensor chose differently")
     for size in sizes[1:]:  # last: the in-memory embedding of the larger pools only adds a comparison
-        if size <= args.in_memory_max:
+        if size <= args.in_memory_max and not args.only_selection:
             record({"size": size, "stage": "embed-memory", **child(args, "embed-memory", size)})
     print(markdown(results))
 
