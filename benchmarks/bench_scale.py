@@ -17,8 +17,9 @@ streaming=True)`. For each pool size it measures, each in a fresh subprocess:
 
 Peak memory: after the process's inputs exist it resets its peak resident set size (`/proc/self/clear_refs` = 5)
 and reads `VmHWM` after the stage; "peak extra" is that high-water mark minus the resident size just before, and
-"peak" the high-water mark itself (torch, transformers and datasets alone take about 0.4 GB). Times are wall seconds
-of one run on one torch thread.
+"peak" the high-water mark itself (the imports, the tiny CLIP and an opened stream take about 0.9 GiB before any
+stage). The peak extra of one stage varies between runs by a few hundred MiB with how the allocator reuses freed
+chunks; read it as a bound. Times are wall seconds of one run on one torch thread.
 
 Example:
     python benchmarks/bench_scale.py --sizes 100000 1000000 3000000 --budgets 500 1000 --work_dir /tmp/scale \
