@@ -66,17 +66,27 @@ def _sq_distances(points: torch.Tensor, centers: torch.Tensor, points_sq: torch.
     return dist.add_(points_sq.unsqueeze(1)).clamp_min_(0.0)
 
 
-def _row_norms(points: Points) -> torch.Tensor:
-    """`[pool]` squared norms, a chunk at a time."""
-    return torch.cat([(chunk * chunk).sum(dim=1) for _, chunk in iter_chunks(points)])
+def _row_norms(points: Points, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`[pool]` squared norms, a chunk at a time.
+
+    Every per-chunk result goes into one preallocated vector: kept as separate small tensors, they are placed in the
+    freed blocks of the chunk-sized temporaries, which then cannot be reused, and the process grew by the whole
+    pool's size (488 MiB at 1M x 128).
+    """
+    out = torch.empty(len(points), dtype=dtype)
+    for start, chunk in iter_chunks(points):
+        chunk = chunk.to(dtype)
+        torch.sum(chunk * chunk, dim=1, out=out[start : start + len(chunk)])
+    return out
 
 
 def _distances_to(points: Points, center: torch.Tensor, points_sq: torch.Tensor) -> torch.Tensor:
-    """`[pool]` squared distances of every point to one `[1, dim]` center, a chunk at a time."""
-    return torch.cat([
-        _sq_distances(chunk, center, points_sq[start : start + len(chunk)]).squeeze(1)
-        for start, chunk in iter_chunks(points)
-    ])
+    """`[pool]` squared distances of every point to one `[1, dim]` center, a chunk at a time (into one vector, as
+    `_row_norms`)."""
+    out = torch.empty(len(points))
+    for start, chunk in iter_chunks(points):
+        out[start : start + len(chunk)] = _sq_distances(chunk, center, points_sq[start : start + len(chunk)])[:, 0]
+    return out
 
 
 def kcenter_greedy(embeddings: Points, num: int, seed: int = 0) -> list[int]:
@@ -160,10 +170,10 @@ def kmeans(
     centers = _kmeans_pp(points, num, np.random.default_rng(seed))
     assignment = None
     for _ in range(iterations):
-        new_assignment = torch.cat([
-            _sq_distances(chunk, centers, points_sq[start : start + len(chunk)]).argmin(dim=1)
-            for start, chunk in iter_chunks(points)
-        ])
+        new_assignment = torch.empty(len(points), dtype=torch.long)  # one vector: see `_row_norms`
+        for start, chunk in iter_chunks(points):
+            distances = _sq_distances(chunk, centers, points_sq[start : start + len(chunk)])
+            new_assignment[start : start + len(chunk)] = distances.argmin(dim=1)
         if assignment is not None and torch.equal(new_assignment, assignment):
             break
         assignment = new_assignment
@@ -183,14 +193,19 @@ def _nearest_points(points: Points, centers: torch.Tensor, keep: int) -> tuple[t
     A squared distance (a non-negative float32) keeps its order when its bits are read as an integer, so
     `bits << 32 | index` orders candidates by distance, then index, in one int64 `topk`.
     """
-    best = torch.zeros((0, len(centers)), dtype=torch.int64)
+    keys = torch.empty(keep + _KEY_ROWS, len(centers), dtype=torch.int64)  # the candidates, then one piece's keys
+    kept = 0
     for start, chunk in iter_chunks(points):
         distances = _sq_distances(chunk, centers)
         for offset in range(0, len(chunk), _KEY_ROWS):  # keys are unique, so the pieces do not change the result
-            bits = distances[offset : offset + _KEY_ROWS].view(torch.int32).to(torch.int64)
-            rows = torch.arange(start + offset, start + offset + len(bits), dtype=torch.int64).unsqueeze(1)
-            keys = torch.cat([best, bits.bitwise_left_shift_(32).bitwise_or_(rows)])
-            best = torch.topk(keys, min(keep, len(keys)), dim=0, largest=False, sorted=True).values
+            piece = distances[offset : offset + _KEY_ROWS]
+            rows = torch.arange(start + offset, start + offset + len(piece)).unsqueeze(1)
+            fresh = keys[kept : kept + len(piece)]
+            fresh.copy_(piece.view(torch.int32)).bitwise_left_shift_(32).bitwise_or_(rows)
+            best = torch.topk(keys[: kept + len(piece)], min(keep, kept + len(piece)), dim=0, largest=False).values
+            kept = len(best)
+            keys[:kept] = best  # the buffers are reused: no small tensor outlives a chunk (see `_row_norms`)
+    best = keys[:kept]
     return best.bitwise_right_shift(32).to(torch.int32).view(torch.float32), best.bitwise_and(0xFFFFFFFF)
 
 
@@ -248,12 +263,11 @@ def herding(embeddings: Points, num: int) -> list[int]:
     """
     if not 1 <= num <= len(embeddings):
         raise ValueError(f"Cannot choose {num} points by herding from a pool of {len(embeddings)}.")
-    total, norms = None, []
+    total = torch.zeros(embeddings.shape[1] if isinstance(embeddings, torch.Tensor) else embeddings.dim,
+                        dtype=torch.float64)  # fmt: skip
     for _, chunk in iter_chunks(embeddings):
-        chunk = chunk.double()
-        total = chunk.sum(0) if total is None else total + chunk.sum(0)
-        norms.append((chunk * chunk).sum(1))
-    target, points_sq = total / len(embeddings), torch.cat(norms)
+        total += chunk.double().sum(0)
+    target, points_sq = total / len(embeddings), _row_norms(embeddings, torch.float64)
     chosen_sum = torch.zeros_like(target)
     taken = torch.zeros(len(embeddings), dtype=torch.bool)
     chosen = []
