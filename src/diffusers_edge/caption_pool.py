@@ -3,8 +3,8 @@
 A `datasets.Dataset` or a list of captions is small enough to hold: its captions are read into a list, as always.
 A streamed `datasets.IterableDataset` (CC3M-size Parquet or WebDataset shards, see docs/data.md) is never held:
 
-1. one pass counts its captions and computes its fingerprint (`CaptionPool.from_source`), which is also all a
-   resumed run needs;
+1. one pass counts its captions and computes its fingerprint (`caption_pool`), which is also all a resumed run
+   needs;
 2. for k-center / k-means one more pass embeds the captions into an on-disk `EmbeddingStore` keyed by the CLIP
    model and that fingerprint (`CaptionPool.embeddings`), reused by later runs and resumed if interrupted;
 3. the selection runs on the count (random) or on the store, and a last pass keeps only the chosen captions
@@ -39,14 +39,19 @@ from .selection.store import EmbeddingStore
 STREAM_BATCH_ROWS = 1024  # rows per batch when reading a streamed source's caption columns
 
 
-def _stream_rows(source: datasets.IterableDataset) -> Iterator[tuple[Any, Any]]:
-    """(captions cell, image_id) per row of a stream, reading only those two columns (images are not decoded)."""
-    columns = source.column_names
+def _require_captions(columns: list[str] | None) -> None:
     if columns is not None and CAPTIONS_COLUMN not in columns:
         raise ValueError(
             f"The source dataset has no {CAPTIONS_COLUMN!r} column (columns: {columns}); distill needs the "
-            "normalized form (image, captions, image_id; see load_source(..., streaming=True)) or a list of captions."
+            "normalized form (image, captions, image_id; see load_source, also with streaming=True) or a list of "
+            "captions."
         )
+
+
+def _stream_rows(source: datasets.IterableDataset) -> Iterator[tuple[Any, Any]]:
+    """(captions cell, image_id) per row of a stream, reading only those two columns (images are not decoded)."""
+    columns = source.column_names
+    _require_captions(columns)
     has_ids = columns is None or IMAGE_ID_COLUMN in columns
     wanted = [CAPTIONS_COLUMN, IMAGE_ID_COLUMN] if has_ids and columns is not None else [CAPTIONS_COLUMN]
     for batch in source.select_columns(wanted).iter(batch_size=STREAM_BATCH_ROWS):
@@ -57,21 +62,29 @@ def _stream_rows(source: datasets.IterableDataset) -> Iterator[tuple[Any, Any]]:
 def _rows(source: datasets.Dataset | datasets.IterableDataset) -> Iterable[tuple[Any, Any]]:
     if isinstance(source, datasets.IterableDataset):
         return _stream_rows(source)
-    if CAPTIONS_COLUMN not in source.column_names:
-        raise ValueError(
-            f"The source dataset has no {CAPTIONS_COLUMN!r} column (columns: {source.column_names}); "
-            "distill needs the normalized form (image, captions, image_id) or a list of captions."
-        )
+    _require_captions(source.column_names)
     ids = source[IMAGE_ID_COLUMN] if IMAGE_ID_COLUMN in source.column_names else [None] * source.num_rows
     return zip(source[CAPTIONS_COLUMN], ids)
 
 
+def _checked_rows(rows: Iterable[tuple[Any, Any]]) -> Iterator[tuple[list[str], str | None]]:
+    """Per row, its checked captions and its image id as a string (None when the source has none)."""
+    for row, (image_captions, image_id) in enumerate(rows):
+        checked = check_captions(image_captions, record=f"source row {row} (image_id={image_id!r})")
+        yield checked, None if image_id is None else str(image_id)
+
+
 def _flat(rows: Iterable[tuple[Any, Any]]) -> Iterator[tuple[str, str | None]]:
     """Every checked caption with the id of its image, in order."""
-    for row, (image_captions, image_id) in enumerate(rows):
-        owner = None if image_id is None else str(image_id)
-        for caption in check_captions(image_captions, record=f"source row {row} (image_id={image_id!r})"):
+    for captions, owner in _checked_rows(rows):
+        for caption in captions:
             yield caption, owner
+
+
+def model_key(model: torch.nn.Module) -> str:
+    """How an embedding store names the model that filled it: its `name_or_path` (a Hub id or a folder), or its
+    class when it was built in memory."""
+    return str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
 
 
 class _Fingerprint:
@@ -152,8 +165,7 @@ class CaptionPool:
         not); both are embedded in the same batches, so they hold the same numbers."""
         if self.stream is None:
             return embed_captions(self.captions, clip_model, clip_processor, batch_size=batch_size)
-        model_name = str(getattr(clip_model.config, "_name_or_path", "") or type(clip_model).__name__)
-        info = {"model": model_name, "source": self.fingerprint, "what": "caption text embeddings"}
+        info = {"model": model_key(clip_model), "source": self.fingerprint, "what": "caption text embeddings"}
         store = EmbeddingStore.open_or_create(cache_dir, self.size, clip_model.config.projection_dim, info)
         embed_caption_stream((caption for caption, _ in self), store, clip_model, clip_processor, batch_size, progress)
         return store
@@ -212,12 +224,10 @@ def stream_caption_counts(stream: datasets.IterableDataset) -> tuple[np.ndarray,
         [5, 5, 5]
     """
     fingerprint, counts = _Fingerprint(), array("i")  # not a list: 4 bytes a row, not 36
-    for row, (image_captions, image_id) in enumerate(_stream_rows(stream)):
-        owner = None if image_id is None else str(image_id)
-        checked = check_captions(image_captions, record=f"source row {row} (image_id={image_id!r})")
-        for caption in checked:
+    for captions, owner in _checked_rows(_stream_rows(stream)):
+        for caption in captions:
             fingerprint.update(caption, owner)
-        counts.append(len(checked))
+        counts.append(len(captions))
     return np.frombuffer(counts, dtype=np.int32), fingerprint.digest.hexdigest()
 
 

@@ -147,6 +147,43 @@ def iter_kept_positions(counts: Sequence[int], captions_per_image: int | None, s
             yield sorted(rng.choice(n, size=captions_per_image, replace=False).tolist())
 
 
+def images_for_budget(kept_counts: Sequence[int], num_pairs: int | None, captions_per_image: int | None) -> int:
+    """How many images a coreset of `num_pairs` pairs may need (the rule orders at least that many), given how many
+    captions each image keeps; `ValueError` for a budget below 1 or above the pool's pairs.
+
+    Example:
+        >>> images_for_budget([2, 2, 1], 3, captions_per_image=2)
+        3
+    """
+    if num_pairs is None or num_pairs < 1:
+        raise ValueError(f"num_pairs must be a positive number of (image, caption) pairs, got {num_pairs!r}.")
+    total = int(np.sum(kept_counts))
+    if num_pairs > total:
+        raise ValueError(
+            f"The budget of {num_pairs} pairs exceeds the pool: {len(kept_counts)} images with "
+            f"captions_per_image={captions_per_image} give {total} pairs."
+        )
+    return min(len(kept_counts), math.ceil(num_pairs / int(np.min(kept_counts))))
+
+
+def fill_budget(order: Sequence[int], kept_counts: Sequence[int], num_pairs: int) -> list[tuple[int, int]]:
+    """The rows of `order` until `num_pairs` pairs are reached, each with how many of its kept captions it gives
+    (all, or for the last row those that fit).
+
+    Example:
+        >>> fill_budget([2, 0, 1], [2, 2, 2], 3)
+        [(2, 2), (0, 1)]
+    """
+    chosen, remaining = [], num_pairs
+    for row in order:
+        take = min(int(kept_counts[row]), remaining)
+        chosen.append((row, take))
+        remaining -= take
+        if remaining == 0:
+            break
+    return chosen
+
+
 def _order(
     method: str,
     num_rows: int,
@@ -240,26 +277,13 @@ def select_coreset(
         return dataset
     captions = [list(c) for c in dataset[CAPTIONS_COLUMN]]
     positions = list(iter_kept_positions([len(c) for c in captions], captions_per_image, seed))
-    counts = [len(p) for p in positions]
-    if num_pairs is None or num_pairs < 1:
-        raise ValueError(f"num_pairs must be a positive number of (image, caption) pairs, got {num_pairs!r}.")
-    if num_pairs > sum(counts):
-        raise ValueError(
-            f"The budget of {num_pairs} pairs exceeds the pool: {dataset.num_rows} images with "
-            f"captions_per_image={captions_per_image} give {sum(counts)} pairs."
-        )
-    num_images = min(dataset.num_rows, math.ceil(num_pairs / min(counts)))
+    num_images = images_for_budget([len(p) for p in positions], num_pairs, captions_per_image)
     if method != "random" and embeddings is None:
         need_images = method == "forgetting" or space != "text"
         embeddings = embed_pool(dataset, clip_model, device=device, need_images=need_images)
     order = _order(method, dataset.num_rows, positions, num_images, space, embeddings, seed, forgetting_epochs)
-    rows, kept, total = [], [], 0
-    for row in order:
-        take = [captions[row][p] for p in positions[row][: num_pairs - total]]
-        rows.append(row)
-        kept.append(take)
-        total += len(take)
-        if total == num_pairs:
-            break
+    chosen = fill_budget(order, [len(p) for p in positions], num_pairs)
+    rows = [row for row, _ in chosen]
+    kept = [[captions[row][p] for p in positions[row][:n]] for row, n in chosen]
     subset = dataset.select(rows).remove_columns([CAPTIONS_COLUMN])
     return subset.add_column(CAPTIONS_COLUMN, kept, feature=dataset.features[CAPTIONS_COLUMN])

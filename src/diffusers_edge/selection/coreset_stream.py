@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -33,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..caption_pool import CaptionPool, stream_caption_counts
+from ..caption_pool import CaptionPool, model_key, stream_caption_counts
 from ..data.format import CAPTIONS_COLUMN, IMAGE_COLUMN
 from .algorithms import herding, kcenter_greedy
-from .coreset import _load_clip, embed_images, iter_kept_positions
+from .coreset import _load_clip, embed_images, fill_budget, images_for_budget, iter_kept_positions
 from .store import CHUNK_ROWS, EmbeddingStore
 
 STREAM_METHODS = ("random", "herding", "kcenter")
@@ -44,7 +43,7 @@ STREAM_METHODS = ("random", "herding", "kcenter")
 
 def _image_store(stream, counts, fingerprint, clip_model, processor, cache_dir, batch_size) -> EmbeddingStore:
     """Every row's L2-normalised CLIP image embedding, images decoded `batch_size` at a time (resumable)."""
-    info = {"model": str(clip_model.config._name_or_path), "source": fingerprint, "what": "image embeddings"}
+    info = {"model": model_key(clip_model), "source": fingerprint, "what": "image embeddings"}
     store = EmbeddingStore.open_or_create(cache_dir, len(counts), clip_model.config.projection_dim, info)
     images = stream.select_columns([IMAGE_COLUMN]).skip(store.rows_done)
     for batch in images.iter(batch_size=batch_size):
@@ -101,12 +100,7 @@ def select_coreset_streamed(
                          f"{STREAM_METHODS}. Load the source without streaming=True.")  # fmt: skip
     counts, fingerprint = stream_caption_counts(stream)
     kept_counts = counts if captions_per_image is None else np.minimum(counts, captions_per_image)
-    if num_pairs is None or num_pairs < 1:
-        raise ValueError(f"num_pairs must be a positive number of (image, caption) pairs, got {num_pairs!r}.")
-    if num_pairs > int(kept_counts.sum()):
-        raise ValueError(f"The budget of {num_pairs} pairs exceeds the pool: {len(counts)} images with "
-                         f"captions_per_image={captions_per_image} give {int(kept_counts.sum())} pairs.")  # fmt: skip
-    num_images = min(len(counts), math.ceil(num_pairs / int(kept_counts.min())))
+    num_images = images_for_budget(kept_counts, num_pairs, captions_per_image)
     if method == "random":
         order = np.random.default_rng(seed).permutation(len(counts)).tolist()
     else:
@@ -120,30 +114,20 @@ def select_coreset_streamed(
             images = _image_store(stream, counts, fingerprint, model, processor, cache_dir, batch_size)
         points = _points_store(captions, images, counts, space, captions_per_image, seed, cache_dir)
         order = herding(points, num_images) if method == "herding" else kcenter_greedy(points, num_images, seed=seed)
-    return _collect(stream, order, counts, captions_per_image, seed, num_pairs)
+    return _collect(stream, fill_budget(order, kept_counts, num_pairs), counts, captions_per_image, seed)
 
 
-def _collect(stream, order, counts, captions_per_image, seed, num_pairs) -> datasets.Dataset:
-    """The rows of `order` until the budget is met, each with its kept captions (the last one only those that fit),
-    read in one pass; images are kept as stored, not decoded and re-encoded."""
-    chosen, total = [], 0
-    for row in order:
-        chosen.append(row)
-        total += int(counts[row] if captions_per_image is None else min(counts[row], captions_per_image))
-        if total >= num_pairs:
-            break
-    wanted = set(chosen)
-    positions = {row: kept for row, kept in enumerate(iter_kept_positions(counts, captions_per_image, seed))
-                 if row in wanted}  # fmt: skip
-    take, remaining = {}, num_pairs
-    for row in chosen:
-        take[row] = positions[row][:remaining]
-        remaining -= len(take[row])
+def _collect(stream, chosen, counts, captions_per_image, seed) -> datasets.Dataset:
+    """The `(row, captions taken)` of `fill_budget`, each row with its first kept captions, read in one pass; images
+    are kept as stored, not decoded and re-encoded."""
+    take = dict(chosen)
+    kept = enumerate(iter_kept_positions(counts, captions_per_image, seed))
+    positions = {row: row_kept[: take[row]] for row, row_kept in kept if row in take}
     found = {}
     for index, record in enumerate(stream.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))):
         if index in take:
-            record[CAPTIONS_COLUMN] = [record[CAPTIONS_COLUMN][p] for p in take[index]]
+            record[CAPTIONS_COLUMN] = [record[CAPTIONS_COLUMN][p] for p in positions[index]]
             found[index] = record
             if len(found) == len(take):
                 break
-    return datasets.Dataset.from_list([found[row] for row in chosen], features=stream.features)
+    return datasets.Dataset.from_list([found[row] for row, _ in chosen], features=stream.features)
