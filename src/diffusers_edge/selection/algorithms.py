@@ -122,9 +122,8 @@ def kcenter_greedy(embeddings: Points, num: int, seed: int = 0) -> list[int]:
     return chosen
 
 
-def _kmeans_pp(points: torch.Tensor, num: int, rng: np.random.Generator) -> torch.Tensor:
+def _kmeans_pp(points: torch.Tensor, points_sq: torch.Tensor, num: int, rng: np.random.Generator) -> torch.Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii, 2007): each new center drawn with probability ∝ D(x)^2."""
-    points_sq = _row_norms(points)
     centers = [int(rng.integers(len(points)))]
     nearest = _distances_to(points, points[centers[0] : centers[0] + 1], points_sq).double()
     for _ in range(num - 1):
@@ -167,7 +166,7 @@ def kmeans(
     _check_num(num, len(embeddings))
     points = _training_points(embeddings, num, seed, max_points_per_centroid)
     points_sq = _row_norms(points)
-    centers = _kmeans_pp(points, num, np.random.default_rng(seed))
+    centers = _kmeans_pp(points, points_sq, num, np.random.default_rng(seed))
     assignment = None
     for _ in range(iterations):
         new_assignment = torch.empty(len(points), dtype=torch.long)  # one vector: see `_row_norms`
@@ -263,10 +262,7 @@ def herding(embeddings: Points, num: int) -> list[int]:
     """
     if not 1 <= num <= len(embeddings):
         raise ValueError(f"Cannot choose {num} points by herding from a pool of {len(embeddings)}.")
-    total = torch.zeros(embeddings.shape[1] if isinstance(embeddings, torch.Tensor) else embeddings.dim,
-                        dtype=torch.float64)  # fmt: skip
-    for _, chunk in iter_chunks(embeddings):
-        total += chunk.double().sum(0)
+    total = sum(chunk.double().sum(0) for _, chunk in iter_chunks(embeddings))
     target, points_sq = total / len(embeddings), _row_norms(embeddings, torch.float64)
     chosen_sum = torch.zeros_like(target)
     taken = torch.zeros(len(embeddings), dtype=torch.bool)
