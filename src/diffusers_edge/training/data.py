@@ -48,17 +48,8 @@ def load_train_dataset(
     """
     if isinstance(dataset, datasets.IterableDataset):
         raise ValueError("the training data is a stream (an IterableDataset): train it with --streaming.")
-    if dataset is None:
-        dataset = load_train_source(config)
-    if isinstance(dataset, datasets.DatasetDict):
-        if "train" not in dataset:
-            raise ValueError(f"the dataset has no 'train' split (splits: {list(dataset)}).")
-        dataset = dataset["train"]
-    if config.image_column not in dataset.column_names:
-        raise ValueError(
-            f"--image_column {config.image_column!r} is not a column of the training data; its columns are "
-            f"{dataset.column_names}."
-        )
+    dataset = train_split(load_train_source(config) if dataset is None else dataset)
+    check_image_column(config.image_column, dataset.column_names, "training data")
     caption_column = resolve_caption_column(config.caption_column, dataset.column_names)
     if config.max_train_samples is not None:
         dataset = dataset.select(range(min(config.max_train_samples, len(dataset))))
@@ -67,6 +58,33 @@ def load_train_dataset(
     for row, value in enumerate(dataset[caption_column]):
         caption_list(value, f"training row {row} (column {caption_column!r})")
     return dataset, caption_column
+
+
+def train_split(
+    dataset: datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset | datasets.IterableDatasetDict,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """The `train` split of a dataset dict (loaded or streamed), or a single dataset as it is.
+
+    Example:
+        >>> one = datasets.Dataset.from_dict({"caption": ["a red circle"]})
+        >>> train_split(datasets.DatasetDict(train=one)) is one
+        True
+    """
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if "train" not in dataset:
+            raise ValueError(f"the dataset has no 'train' split (splits: {list(dataset)}).")
+        return dataset["train"]
+    return dataset
+
+
+def check_image_column(column: str, columns: list[str], what: str) -> None:
+    """`ValueError` naming `--image_column` and the data's columns when `column` is not one of them.
+
+    Example:
+        >>> check_image_column("jpg", ["jpg", "txt"], "training stream")
+    """
+    if column not in columns:
+        raise ValueError(f"--image_column {column!r} is not a column of the {what}; its columns are {columns}.")
 
 
 def load_train_source(config: TrainingConfig, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:

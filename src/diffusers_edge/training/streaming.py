@@ -25,7 +25,15 @@ import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from .data import as_image_column, load_train_source, resolve_caption_column, seeded_random, train_item
+from .data import (
+    as_image_column,
+    check_image_column,
+    load_train_source,
+    resolve_caption_column,
+    seeded_random,
+    train_item,
+    train_split,
+)
 
 if TYPE_CHECKING:
     from .config import TrainingConfig
@@ -47,12 +55,7 @@ def load_train_stream(
     Example:
         >>> stream, caption_column = load_train_stream(config)  # doctest: +SKIP
     """
-    if dataset is None:
-        dataset = load_train_source(config, streaming=True)
-    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        if "train" not in dataset:
-            raise ValueError(f"the dataset has no 'train' split (splits: {list(dataset)}).")
-        dataset = dataset["train"]
+    dataset = train_split(load_train_source(config, streaming=True) if dataset is None else dataset)
     if isinstance(dataset, datasets.Dataset):
         dataset = dataset.to_iterable_dataset()
     columns = dataset.column_names
@@ -60,11 +63,7 @@ def load_train_stream(
         if config.caption_column is None:
             raise ValueError("the stream does not list its columns: name the caption column with --caption_column.")
         return dataset, config.caption_column
-    if config.image_column not in columns:
-        raise ValueError(
-            f"--image_column {config.image_column!r} is not a column of the training stream; its columns are "
-            f"{columns}."
-        )
+    check_image_column(config.image_column, columns, "training stream")
     caption_column = resolve_caption_column(config.caption_column, columns)
     return as_image_column(dataset, config.image_column, decode=False), caption_column
 
